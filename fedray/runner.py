@@ -1,0 +1,213 @@
+"""The round loop of one FedAvg run: evaluate, record, checkpoint, stop. Runtime-agnostic: the
+in-process engine and the Ray driver both hand it a `train` function and an `evaluate` function.
+
+A run directory holds config.json (the resolved config plus versions and device), history.csv
+(one row per evaluated round, flushed as it is written), summary.json, and checkpoint.pt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import models
+from .config import ExperimentConfig
+from .curves import rounds_to_target
+from .fedavg import ServerState, TrainFn, fedavg_round
+
+HISTORY_FIELDS = [
+    "round", "test_accuracy", "test_loss", "train_loss", "lr",
+    "train_s", "eval_s", "elapsed_s", "bytes_down", "bytes_up",
+]  # fmt: skip
+EvalFn = Callable[[models.Params, bool], dict[str, float]]  # (w, with_train_loss) -> metrics
+
+
+class RunDirExists(FileExistsError):
+    pass
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | reached | diverged | interrupted
+    state: ServerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rounds_to_target: float = math.nan
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("fedray", "torch", "numpy", "ray"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def cpu_name() -> str:
+    """The CPU model and count, so a report can say what the wall-clock numbers were measured on."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
+def prepare_run_dir(out: Path, *, force: bool = False, resume: bool = False) -> None:
+    """Refuse to overwrite an earlier run: checked before any data is loaded or Ray started."""
+    out = Path(out)
+    if resume:
+        if not (out / "checkpoint.pt").exists():
+            raise FileNotFoundError(f"--resume: no checkpoint.pt in {out}")
+        return
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunDirExists(f"output directory {out} exists and is not empty; use --force to overwrite it, or --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_config(out: Path, cfg: ExperimentConfig, meta: dict[str, Any]) -> None:
+    meta = {"versions": versions(), "hostname": platform.node(), "cpu": cpu_name(), **meta}
+    atomic_write(Path(out) / "config.json", json.dumps({**cfg.to_dict(), "meta": meta}, indent=2))
+
+
+def save_checkpoint(out: Path, state: ServerState, history: list[dict]) -> None:
+    buf = io.BytesIO()
+    torch.save({"round": state.round, "w": {k: v.cpu() for k, v in state.w.items()}, "history": history}, buf)
+    atomic_write(Path(out) / "checkpoint.pt", buf.getvalue())
+
+
+def load_checkpoint(out: Path, device: torch.device | str = "cpu") -> tuple[ServerState, list[dict]]:
+    ck = torch.load(Path(out) / "checkpoint.pt", map_location=device, weights_only=True)
+    return ServerState(ck["round"], ck["w"]), ck["history"]
+
+
+def write_summary(out: Path, result: RunResult) -> None:
+    h, rtt = result.history, result.rounds_to_target
+    summary = {
+        "status": result.status,
+        "rounds_completed": result.state.round,
+        "rounds_to_target": None if math.isnan(rtt) else rtt,
+        "final_test_accuracy": h[-1]["test_accuracy"] if h else None,
+        "wall_s": h[-1]["elapsed_s"] if h else 0.0,
+    }
+    atomic_write(Path(out) / "summary.json", json.dumps(summary, indent=2))
+
+
+def record_row(out: Path, history: list[dict], fresh: bool) -> None:
+    """history.csv gets the newest row appended and flushed (O(1) per round); it is rewritten
+    whole, atomically, when `fresh` (first row of this process, e.g. after a resume)."""
+    path = Path(out) / "history.csv"
+    if fresh or not path.exists():
+        atomic_write(path, _history_csv(history))
+        return
+    with open(path, "a") as f:
+        f.write(_history_csv(history[-1:]).split("\n", 1)[1])
+
+
+def _history_csv(rows: Sequence[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def run_rounds(
+    cfg: ExperimentConfig,
+    partition: Sequence[Any],
+    train: TrainFn,
+    evaluate: EvalFn,
+    state: ServerState,
+    *,
+    history: list[dict] | None = None,
+    out: Path | None = None,
+    checkpoint_every: int = 10,
+    on_row: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Run rounds state.round+1 .. cfg.rounds (or until the stopping rule), evaluating every
+    cfg.eval_every rounds. With `out`, history.csv is rewritten after every evaluation and a
+    checkpoint every `checkpoint_every` rounds; a KeyboardInterrupt keeps both and returns."""
+    history = list(history or [])
+    per_round_bytes = cfg.m * models.nbytes(state.w)
+    t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
+    train_s, status, fresh = 0.0, "completed", True
+    reached_at = next((r["round"] for r in history if r["test_accuracy"] >= cfg.target), None)
+    try:
+        while state.round < cfg.rounds:
+            if cfg.stop_at_target and reached_at is not None and state.round >= reached_at + cfg.extra_rounds:
+                status = "reached"
+                break
+            ts = time.perf_counter()
+            state = fedavg_round(state, cfg, partition, train)
+            train_s += time.perf_counter() - ts
+            t = state.round
+            if t % cfg.eval_every and t != cfg.rounds:
+                continue
+            te = time.perf_counter()
+            metrics = evaluate(state.w, cfg.train_loss)
+            row = {
+                "round": t,
+                "test_accuracy": metrics["test_accuracy"],
+                "test_loss": metrics["test_loss"],
+                "train_loss": metrics.get("train_loss", ""),
+                "lr": cfg.lr_at(t),
+                "train_s": round(train_s, 4),
+                "eval_s": round(time.perf_counter() - te, 4),
+                "elapsed_s": round(time.perf_counter() - t0, 3),
+                "bytes_down": per_round_bytes,
+                "bytes_up": per_round_bytes,
+            }
+            train_s = 0.0
+            history.append(row)
+            if reached_at is None and row["test_accuracy"] >= cfg.target:
+                reached_at = t
+            if out is not None:
+                record_row(out, history, fresh=fresh)
+                fresh = False
+                if t % checkpoint_every == 0:
+                    save_checkpoint(out, state, history)
+            if on_row is not None:
+                on_row(row)
+            if not math.isfinite(row["test_loss"]):
+                status = "diverged"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    if status == "completed" and cfg.stop_at_target and reached_at is not None:
+        status = "reached"
+    result = RunResult(status, state, history)
+    if history:
+        result.rounds_to_target = rounds_to_target(
+            [r["round"] for r in history], [r["test_accuracy"] for r in history], cfg.target
+        )
+    if out is not None:
+        atomic_write(Path(out) / "history.csv", _history_csv(history))
+        save_checkpoint(out, state, history)
+        write_summary(out, result)
+    return result

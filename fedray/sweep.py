@@ -1,0 +1,254 @@
+"""`fedray sweep FILE`: one paper experiment as a Ray Tune sweep, one trial per FedAvg run.
+
+Layout under the storage directory (default ./results/<name>):
+    sweep.json               the sweep file as given and every trial's resolved config
+    trials/<key>/            config.json, history.csv, summary.json, checkpoint.pt of one run
+    tune/<experiment>/       Ray Tune's own layout (result.json, TensorBoard event files, ...)
+A trial whose summary.json says it finished is never run again: `--resume` (or a copy of the
+trials/ folder on another machine) runs only what is missing, from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ExperimentConfig, load_mapping
+from .sweep_file import Sweep, load_sweep, trial_key
+
+FINISHED = ("completed", "reached", "diverged")
+
+
+def trial_state(cfg: ExperimentConfig, d: Path) -> str:
+    """'new', 'finished' or 'partial' for the trial of `cfg` in directory d. A directory holding
+    a different config is an error: results already written are never overwritten."""
+    if not (d / "config.json").exists():
+        return "new"
+    old = ExperimentConfig.from_file(d / "config.json")
+    if old != cfg:
+        raise ConfigError(
+            f"{d} holds a trial with a different config than the sweep file asks for "
+            f"({_diff(old, cfg)}); use another --storage to keep both"
+        )
+    summary = d / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("status") in FINISHED:
+        return "finished"
+    return "partial"
+
+
+def _diff(a: ExperimentConfig, b: ExperimentConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k}: {da[k]!r} on disk, {db[k]!r} asked" for k in da if da[k] != db[k])
+
+
+def plan(sweep: Sweep, storage: Path, resume: bool) -> list[tuple[ExperimentConfig, Path]]:
+    """The trials still to run. Raises before any Ray work if the storage holds results and
+    --resume was not given, or holds results of a different sweep."""
+    todo, states = [], {}
+    for cfg in sweep.trials:
+        d = storage / "trials" / trial_key(cfg)
+        states[d] = trial_state(cfg, d)
+        if states[d] != "finished":
+            todo.append((cfg, d))
+    if not resume and any(s != "new" for s in states.values()):
+        raise FileExistsError(
+            f"{storage} already holds results of this sweep; use --resume to run only the "
+            f"unfinished trials, or another --storage"
+        )
+    return todo
+
+
+def bundles(runtime: dict[str, Any]) -> list[dict[str, float]]:
+    """Resources one trial reserves: its own process plus one bundle per actor it starts, so a
+    trial never waits for resources that other trials hold."""
+    cpus, gpus = float(runtime["worker_cpus"]), float(runtime["worker_gpus"])
+    if runtime["workers"] == 0:
+        return [{"CPU": cpus, **({"GPU": gpus} if gpus else {})}]
+    from .ray_runtime import placement_bundles
+
+    return placement_bundles(int(runtime["workers"]), cpus, gpus)
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    import ray
+    from ray import tune
+
+    rt = config["runtime"]
+    if "experiments" in config["trial"]:
+        return _fused_trainable(config)
+    cfg = ExperimentConfig.from_dict(config["trial"]["experiment"])
+    out = Path(config["trial"]["out"])
+    resume = (out / "checkpoint.pt").exists()
+
+    def on_row(row: dict) -> None:
+        metrics = {k: v for k, v in row.items() if v != ""}
+        metrics["diverged"] = not math.isfinite(row["test_loss"])
+        metrics["round_s"] = row["train_s"] + row["eval_s"]
+        tune.report(metrics)
+
+    meta = {"sweep": config["name"], "trial_key": out.name}
+    if rt["workers"] == 0:
+        import torch
+
+        from .local import run_local
+
+        torch.set_num_threads(max(1, int(rt["worker_cpus"])))
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        result = run_local(cfg, out, device=device, resume=resume, force=True, on_row=on_row, meta=meta)
+    else:
+        from .ray_runtime import run_ray
+
+        result = run_ray(
+            cfg, out, workers=int(rt["workers"]), num_cpus=rt["worker_cpus"],
+            num_gpus=rt["worker_gpus"], resume=resume, force=True, on_row=on_row,
+        )  # fmt: skip
+    if not result.history:
+        tune.report({"round": result.state.round, "diverged": result.status == "diverged"})
+
+
+def _fused_trainable(config: dict[str, Any]) -> None:
+    """One trial, a whole learning-rate grid of one setting; every lr keeps its own trial dir."""
+    import ray
+    import torch
+    from ray import tune
+
+    from .fused import run_fused
+
+    cfgs = [ExperimentConfig.from_dict(e) for e in config["trial"]["experiments"]]
+    torch.set_num_threads(max(1, int(config["runtime"]["worker_cpus"])))
+
+    def on_row(i: int, row: dict) -> None:
+        metrics = {k: v for k, v in row.items() if v != ""}
+        metrics["diverged"] = not math.isfinite(row["test_loss"])
+        tune.report(metrics)
+
+    run_fused(cfgs, [Path(o) for o in config["trial"]["outs"]], device="cuda" if ray.get_gpu_ids() else "cpu",
+              on_row=on_row, meta={"sweep": config["name"]})  # fmt: skip
+
+
+def _grid_search(todo: list[tuple[ExperimentConfig, Path]], fuse: bool) -> tuple[list[dict], list[str]]:
+    """Tune's grid: one entry per trial, or per setting (all its lrs) when fused."""
+    if not fuse:
+        return [{"experiment": c.to_dict(), "out": str(d)} for c, d in todo], [d.name for _, d in todo]
+    groups: dict[ExperimentConfig, list[tuple[ExperimentConfig, Path]]] = {}
+    for c, d in todo:
+        groups.setdefault(dataclasses.replace(c, lr=1.0), []).append((c, d))
+    entries = [{"experiments": [c.to_dict() for c, _ in g], "outs": [str(d) for _, d in g]} for g in groups.values()]
+    names = [trial_key(k).replace("_lr1_", "_lrgrid_") for k in groups]
+    return entries, names
+
+
+def _progress_callback(total: int):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        done = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            r = trial.last_result or {}
+            acc = r.get("test_accuracy")
+            print(f"[{self.done}/{total}] {trial.trial_id if not trial.custom_trial_name else trial.custom_trial_name}: "
+                  f"round {r.get('round', 0)}" + (f", test accuracy {acc:.4f}" if acc is not None else ""), flush=True)  # fmt: skip
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"trial {trial.custom_trial_name or trial.trial_id} failed: see {trial.local_path}", flush=True)
+
+    return Progress()
+
+
+def run_sweep(
+    sweep: Sweep,
+    storage: Path,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    dashboard: bool = False,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    storage = Path(storage).absolute()
+    todo = plan(sweep, storage, resume)
+    (storage / "trials").mkdir(parents=True, exist_ok=True)
+    _write_sweep_json(storage, sweep, source)
+    started = time.time()
+    print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished, {len(todo)} to run")
+    if todo:
+        import ray
+        from ray import tune
+
+        if not ray.is_initialized():
+            ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard,
+                     log_to_driver=False)  # fmt: skip
+        trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles(sweep.runtime)))
+        entries, names = _grid_search(todo, sweep.runtime["fuse_lr"])
+        keys = {json.dumps(e, sort_keys=True): n for e, n in zip(entries, names)}
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "trial": tune.grid_search(entries),
+                "runtime": sweep.runtime,
+                "name": sweep.name,
+            },
+            tune_config=tune.TuneConfig(
+                trial_name_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
+                trial_dirname_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
+            ),
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%d-%H%M%S"),
+                storage_path=str(storage / "tune"),
+                failure_config=tune.FailureConfig(max_failures=2),
+                verbose=0,  # Tune's per-trial config tables drown the progress; ours is one line a trial
+                callbacks=[_progress_callback(len(todo))],
+            ),
+        )
+        tuner.fit()
+    wall = time.time() - started
+    rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
+    log = storage / "sweep_runs.jsonl"
+    with open(log, "a") as f:
+        f.write(json.dumps({"started": started, "wall_s": wall, "trials_run": len(todo)}) + "\n")
+    unfinished = [r for r in rows if r["status"] not in FINISHED]
+    print(f"sweep {sweep.name}: {len(todo)} trials run in {wall:.0f} s; results in {storage}")
+    for r in rows:
+        rtt = "—" if r["rounds_to_target"] is None else f"{r['rounds_to_target']:.1f}"
+        print(f"  {r['key']}: {r['status']}, rounds to target {rtt}")
+    if unfinished:
+        print(f"{len(unfinished)} trials did not finish; run again with --resume", file=sys.stderr)
+    return {"wall_s": wall, "trials": rows, "unfinished": len(unfinished)}
+
+
+def _trial_row(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
+    s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    return {"key": d.name, "status": s.get("status", "not run"), "rounds_to_target": s.get("rounds_to_target")}
+
+
+def _write_sweep_json(storage: Path, sweep: Sweep, source: dict[str, Any] | None) -> None:
+    from .runner import atomic_write
+
+    doc = {"name": sweep.name, "source": source, "runtime": sweep.runtime,
+           "trials": [{"key": trial_key(c), **c.to_dict()} for c in sweep.trials]}  # fmt: skip
+    atomic_write(storage / "sweep.json", json.dumps(doc, indent=2))
+
+
+def add_sweep_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="run a sweep file (tune_configs/*.yaml) as a Ray Tune sweep")
+    p.add_argument("file", help="sweep YAML, e.g. tune_configs/quick.yaml")
+    p.add_argument("--storage", help="results directory (default: ./results/<name>)")
+    p.add_argument("--resume", action="store_true", help="run only the trials not finished yet")
+    p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    sweep = load_sweep(args.file)
+    storage = Path(args.storage or Path("results") / sweep.name)
+    result = run_sweep(sweep, storage, resume=args.resume, address=args.address,
+                       dashboard=args.dashboard, source=load_mapping(args.file))  # fmt: skip
+    return 1 if result["unfinished"] else 0
