@@ -1,0 +1,167 @@
+"""Sweep files and real Ray Tune sweeps on a tiny synthetic grid (one local Ray for the module)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import yaml
+
+from fedray.config import ConfigError
+from fedray.sweep import plan, run_sweep
+from fedray.sweep_file import expand, load_sweep, lr_grid, trial_key
+
+TINY = {
+    "name": "tiny",
+    "dataset": "synthetic",
+    "model": "2nn",
+    "partition": ["iid", "noniid"],
+    "K": 10,
+    "C": 0.2,
+    "E": 1,
+    "B": 10,
+    "lr": {"values": [0.02, 0.05]},
+    "target": 0.95,
+    "max_rounds": 3,
+    "workers": 0,
+}
+
+
+def test_lr_grid_is_the_papers_multiplicative_grid():
+    g = lr_grid({"center": 0.1, "resolution": 6, "count": 13})
+    assert len(g) == 13 and g[0] == pytest.approx(0.01) and g[6] == 0.1 and g[-1] == pytest.approx(1.0)
+    assert g[7] / g[6] == pytest.approx(10 ** (1 / 6), rel=1e-5)
+    assert lr_grid({"center": 0.1, "resolution": 3, "count": 3}) == pytest.approx([0.0464159, 0.1, 0.215443])
+    assert lr_grid([0.1, 0.2]) == [0.1, 0.2]
+
+
+def test_expand_is_the_cartesian_product_with_seeds():
+    s = expand({**TINY, "E": [1, 5], "B": [10, "inf"], "seeds": 2})
+    # 2 partitions x 2 E x 2 B x 2 lr x 2 seeds
+    assert len(s.trials) == 32
+    assert len({trial_key(c) for c in s.trials}) == 32
+    assert all(c.rounds == 3 and c.stop_at_target for c in s.trials)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\]"),
+        ({"lr": []}, r"lr: the grid is empty"),
+        ({"lr": {"center": 0.1, "count": 3}}, r"lr: got keys"),
+        ({"lr": {"center": 0.1, "resolution": 6, "count": 0}}, r"lr.count"),
+        ({"B": [10, 0]}, r"B: got 0; allowed: an integer >= 1 or 'inf'"),
+        ({"E": []}, r"E: the grid axis is empty"),
+        ({"C": [0.1, 2]}, r"C: got 2.0; allowed: a number in \[0, 1\]"),
+        ({"seeds": []}, r"seeds"),
+        ({"worker_gpus": 1.5}, r"worker_gpus"),
+        ({"rounds": 5}, r"max_rounds and rounds"),
+        ({"fuse_lr": True, "workers": 1}, r"fuse_lr: true .* workers: 0 only"),
+    ],
+)
+def test_bad_sweep_files_fail_before_ray(tmp_path, change, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**TINY, **change}))
+    was_up = ray.is_initialized()
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(p)
+    assert ray.is_initialized() == was_up
+
+
+def test_cli_rejects_bad_file_with_field_name_and_exit_2(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({**TINY, "model": "resnet"}))
+    r = subprocess.run([sys.executable, "-m", "fedray.cli", "sweep", str(p), "--storage", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "model: got 'resnet'; allowed: 2nn | cnn" in r.stderr
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_tiny_sweep_writes_results_and_more_trials_than_cpus_complete(local_ray, tmp_path):
+    sweep = expand(TINY)
+    out = run_sweep(sweep, tmp_path / "tiny")
+    # 4 one-CPU trials on 2 CPUs: they had to queue, and all finished.
+    assert out["unfinished"] == 0 and len(out["trials"]) == 4
+    for cfg in sweep.trials:
+        d = tmp_path / "tiny" / "trials" / trial_key(cfg)
+        h = pd.read_csv(d / "history.csv")
+        saved = json.loads((d / "config.json").read_text())
+        assert saved["lr"] == cfg.lr and saved["partition"] == cfg.partition and saved["B"] == 10
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] in ("completed", "reached")
+        assert list(h["round"]) == list(range(1, len(h) + 1)) and len(h) <= 3
+        assert h["test_accuracy"].between(0, 1).all() and (h["bytes_down"] == 2 * 199_210 * 4).all()
+    events = list((tmp_path / "tiny" / "tune").rglob("events.out.tfevents*"))
+    assert len(events) >= 4  # TensorBoard files from Tune, one per trial
+    # Running it again without --resume would overwrite: refused.
+    with pytest.raises(FileExistsError, match="--resume"):
+        plan(sweep, tmp_path / "tiny", resume=False)
+    assert plan(sweep, tmp_path / "tiny", resume=True) == []
+
+
+def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
+    spec = {**TINY, "partition": "iid", "lr": {"values": [0.2, 0.001, 0.0011, 0.0012]},
+            "target": 0.9, "max_rounds": 150}  # fmt: skip
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    storage = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "fedray.cli", "sweep", str(f), "--storage", str(storage)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    trials = storage / "trials"
+    deadline = time.time() + 240
+    try:
+        # lr 0.2 reaches the target within a few rounds; the tiny ones run all 150 rounds.
+        while not list(trials.glob("*/summary.json")) and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p.parent.name: p.parent for p in trials.glob("*/summary.json")}
+    assert finished, "no trial finished before the deadline"
+    before = {k: {f.name: f.read_bytes() for f in d.iterdir()} for k, d in finished.items()}
+    sweep = load_sweep(f)
+    todo = plan(sweep, storage, resume=True)
+    assert 0 < len(todo) < 4 and not {d.name for _, d in todo} & set(finished)
+
+    out = run_sweep(sweep, storage, resume=True)
+    assert out["unfinished"] == 0
+    for k, files in before.items():  # finished trials untouched, byte for byte
+        assert {f.name: f.read_bytes() for f in (trials / k).iterdir()} == files
+    for cfg in sweep.trials:
+        h = pd.read_csv(trials / trial_key(cfg) / "history.csv")
+        assert list(h["round"]) == list(range(1, len(h) + 1))
+
+
+def test_trials_with_driver_and_worker_actors_queue_without_hanging(local_ray, tmp_path):
+    # Each trial: a driver actor and one ClientWorker, reserving 1 CPU in all; 3 trials on 2 CPUs.
+    sweep = expand({**TINY, "partition": "iid", "lr": {"values": [0.02, 0.05, 0.1]}, "workers": 1})
+    out = run_sweep(sweep, tmp_path / "w")
+    assert out["unfinished"] == 0
+    for cfg in sweep.trials:
+        meta = json.loads((tmp_path / "w" / "trials" / trial_key(cfg) / "config.json").read_text())["meta"]
+        assert meta["runtime"]["engine"] == "ray" and meta["runtime"]["workers"] == 1
+
+
+def test_fused_sweep_writes_one_trial_dir_per_lr(local_ray, tmp_path):
+    sweep = expand({**TINY, "fuse_lr": True})
+    out = run_sweep(sweep, tmp_path / "f")
+    assert out["unfinished"] == 0 and len(out["trials"]) == 4
+    tune_trials = [p for p in (tmp_path / "f" / "tune").glob("*/*") if p.is_dir()]
+    assert len(tune_trials) == 2  # one Tune trial per setting, each training both lrs
+    for cfg in sweep.trials:
+        d = tmp_path / "f" / "trials" / trial_key(cfg)
+        assert json.loads((d / "config.json").read_text())["meta"]["runtime"]["engine"] == "fused"
+        assert len(pd.read_csv(d / "history.csv")) >= 1
