@@ -3,8 +3,6 @@ histories: the committed tables must equal a fresh report of the committed resul
 
 from pathlib import Path
 
-import pytest
-
 from fedray.report import write_report
 
 DOCS = Path(__file__).parents[1] / "docs" / "results"
