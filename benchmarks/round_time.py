@@ -3,6 +3,7 @@
   (b) fedray's in-process engine,
   (c) fedray on Ray with W ClientWorker actors (--workers, default: one per CPU),
 with the ratios against (a) and the achieved GFLOP/s against the fp32 matmul peak measured now.
+The variants take turns within every timed round, so a shared machine's load swings hit all alike.
 
     python benchmarks/round_time.py [--models 2nn cnn] [--rounds 5] [--warmup 1] [--workers W]
 """
@@ -62,14 +63,17 @@ def plain_round(cfg, w, data, partition, t):
     return aggregate({n: torch.stack([o[n] for o in outs]) for n in outs[0]}, [len(partition[k]) for k in S])
 
 
-def time_rounds(step, rounds: int, warmup: int) -> float:
-    times = []
+def time_rounds(steps: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each step, the steps taking turns within every round, so that a shared
+    machine's load swings hit all of them alike and the ratios stay meaningful."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(warmup + rounds):
-        t = time.perf_counter()
-        step(r + 1)
-        if r >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, step in steps.items():
+            t = time.perf_counter()
+            step(r + 1)
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_model(name: str, data, args, peak: float) -> None:
@@ -78,9 +82,10 @@ def bench_model(name: str, data, args, peak: float) -> None:
     state = initial_state(cfg, "cpu")
     flop = _FWD_FLOP[name] * 3 * cfg.m * 600 * cfg.E
     train = make_train(cfg, data)
-    rows = {
-        "(a) plain loop": time_rounds(lambda t: plain_round(cfg, state.w, data, partition, t), args.rounds, args.warmup),
-        "(b) in-process": time_rounds(lambda t: fedavg_round(ServerState(t - 1, state.w), cfg, partition, train), args.rounds, args.warmup),
+    steps = {
+        "(a) plain loop": lambda t: plain_round(cfg, state.w, data, partition, t),
+        "(b) in-process": lambda t: fedavg_round(ServerState(t - 1, state.w), cfg, partition, train),
+        "eval": lambda t: evaluate(name, state.w, data.test_x, data.test_y),
     }
     if args.workers:
         import ray
@@ -97,10 +102,12 @@ def bench_model(name: str, data, args, peak: float) -> None:
             S, schedules = round_schedules(cfg, partition, t)
             ray.get(drv.train.remote(state.w, schedules, [cfg.lr] * len(S)))
 
-        rows[f"(c) ray, {args.workers} workers"] = time_rounds(ray_round, args.rounds, args.warmup)
-        ev_ray = time_rounds(lambda t: ray.get(drv.evaluate.remote(state.w, False)), args.rounds, args.warmup)
+        steps[f"(c) ray, {args.workers} workers"] = ray_round
+        steps["eval on ray"] = lambda t: ray.get(drv.evaluate.remote(state.w, False))
+    rows = time_rounds(steps, args.rounds, args.warmup)
+    if args.workers:
         ray.kill(drv)
-    ev = time_rounds(lambda t: evaluate(name, state.w, data.test_x, data.test_y), args.rounds, args.warmup)
+    ev, ev_ray = rows.pop("eval"), rows.pop("eval on ray", None)
     base = rows["(a) plain loop"]
     print(f"\n{name}: C=0.1 E=1 B=10, {cfg.m} clients x 600 examples, {flop / 1e9:.1f} GFLOP of training per round")
     for k, s in rows.items():

@@ -41,7 +41,7 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (in-process engine)")
-    p.add_argument("--method", default="auto", choices=["auto", "stacked", "sequential"],
+    p.add_argument("--method", default="auto", choices=["auto", "stacked", "split", "sequential"],
                    help="how a round's clients are trained in-process")  # fmt: skip
     p.add_argument("--workers", type=int, default=None,
                    help="Ray ClientWorker actors (default: one per CPU, or four per GPU at 0.25 GPU "

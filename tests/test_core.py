@@ -137,6 +137,30 @@ def test_stacked_equals_one_client_at_a_time(E, B):
             assert torch.equal(seq[k][i], ref[i][k])
 
 
+@pytest.mark.parametrize("E,B", [(1, 10), (2, 7), (1, math.inf)])
+def test_cnn_split_equals_autograd(E, B):
+    """The CNN's default path (dense layers by hand) against plain autograd. Each single step
+    agrees to float rounding; over many steps a ReLU or max-pool input within rounding of a tie
+    can route one gradient differently, so whole schedules are held to a looser bound."""
+    torch.manual_seed(0)
+    x, y = torch.rand(50, 1, 28, 28), torch.randint(0, 10, (50,))
+    parts = [np.arange(0, 20), np.arange(20, 50)]
+    scheds = [[p[b] for b in client_batches(2, 1, k, len(p), E, B)] for k, p in enumerate(parts)]
+    lrs = [0.05, 0.02]
+    w = models.init_params("cnn", 0)
+    steps = [[b] for s in scheds for b in s]  # every minibatch (sizes 10, 7, 6, 2, 20, 30) alone
+    for tol, sch, lr in ((1e-4, steps, [0.05] * len(steps)), (1e-3, scheds, lrs)):
+        ref = train_models("cnn", w, x, y, sch, lr, method="sequential")
+        fast = train_models("cnn", w, x, y, sch, lr)  # auto: split
+        for k in w:
+            assert fast[k].shape == ref[k].shape and fast[k].is_contiguous(), k
+            # The difference, as a share of how far autograd moved the layer from w.
+            rel = (fast[k] - ref[k]).norm() / (ref[k] - w[k]).norm()
+            assert rel < tol, (k, float(rel))
+    with pytest.raises(ValueError, match="split"):
+        train_models("2nn", models.init_params("2nn", 0), x, y, scheds, lrs, method="split")
+
+
 def test_pad_schedules_weights():
     idx, wt = pad_schedules([[np.array([4, 5]), np.array([6])], [np.array([1, 2])]], torch.device("cpu"))
     assert idx.shape == (2, 2, 2)
