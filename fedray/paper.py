@@ -95,6 +95,10 @@ def pr_speedup(base: float, rounds: float) -> float:
     return base / rounds if rounds > 0 and base > 0 else np.nan  # NaN > 0 is False: unknown stays NaN
 
 
+def unfinished_text(k: int) -> str:
+    return f"{k} trial{'s' if k > 1 else ''} unfinished"
+
+
 def cell_text(c: dict) -> str:
     """`ours (paper) ×ours/paper; speedup× (paper's speedup×)`, the paper's `—` for not reached.
     The speedup part is left out where ours cannot be computed (baseline not run or not reached)."""
@@ -112,6 +116,8 @@ def cell_text(c: dict) -> str:
         if not np.isnan(c["speedup"]):
             ps = "—" if np.isnan(c["paper_speedup"]) else f"{c['paper_speedup']:.1f}×"
             text += f"; {c['speedup']:.1f}× ({ps})"
+    if c.get("unfinished"):
+        text += f" ({unfinished_text(c['unfinished'])})"
     return text + (" ⚑" if c.get("edge") else "")
 
 
@@ -182,7 +188,7 @@ def compare(paper: pd.DataFrame, by_target: dict[float, pd.DataFrame]) -> dict[s
                 ours[i] = {"rounds": s["rounds"], "rounds_std": s["rounds_std"], "seeds": s["seeds"],
                            "best_lr": s["best_lr"], "grid": " ".join(f"{x:g}" for x in s["grid"]),
                            "edge": s["edge"], "best_acc": s["best_acc"], "budget": s["budget"],
-                           "run_target": s["run_target"]}  # fmt: skip
+                           "run_target": s["run_target"], "unfinished": int(m.get("unfinished", pd.Series(0)).sum())}  # fmt: skip
         out[table] = cells(p, ours).reindex(columns=CELL_COLUMNS)
     return out
 
@@ -211,7 +217,8 @@ def settings_table(settings: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> p
         rtt = f"{s['rounds']:.1f}{sd}" if np.isfinite(s["rounds"]) else "—"
         rows.append({"setting": label(s), "target": s["target"], "u": s["u"], "best lr": s["best_lr"],
                      "grid": " ".join(f"{x:g}" for x in s["grid"]), "edge": s["edge"],
-                     "rounds to target": f"{rtt} ({s['reached_seeds']}/{s['seeds']} seeds)",
+                     "rounds to target": f"{rtt} ({s['reached_seeds']}/{s['seeds']} seeds)"
+                     + (f"; {unfinished_text(s['unfinished'])}" if s.get("unfinished") else ""),
                      "rounds": s["rounds"], "rounds_std": s["rounds_std"], "seeds": s["seeds"],
                      "max acc": s["best_acc"], "final acc": s["last_acc"], "budget": s["budget"],
                      "diverged": len(s["diverged"]), "paper": ", ".join(pap), "ratio": ", ".join(rat)})  # fmt: skip

@@ -3,7 +3,8 @@ beside the paper's Tables 1, 2 and 4; written as Markdown, CSV, PNG and one self
 
 Method. Each trial's test-accuracy curve is made monotone (best so far) and its first crossing of
 the target interpolated between the evaluated rounds around it (`curves.rounds_to_target`).
-Diverged trials (summary says so, or a non-finite test loss) count as not reaching. Per setting
+Diverged trials (summary says so, or a non-finite test loss) count as not reaching. A trial with
+no final summary (still running, or killed) is counted as unfinished, and its setting says so. Per setting
 the best learning rate is the one with the fewest rounds, mean over seeds, among those whose every
 seed reached (ties: the smaller lr); if none reached, the highest mean final monotone accuracy.
 Only run directories (config.json + history.csv) are read, so a laptop can report a cluster sweep.
@@ -130,6 +131,11 @@ def edge_flag(grid, lr: float) -> str:
     return "lowest lr of grid" if lr == grid[0] else "highest lr of grid" if lr == grid[-1] else ""
 
 
+def unfinished(runs: pd.DataFrame) -> pd.Series:
+    """Trials without a final status: a setting's best lr may still change while any is running."""
+    return ~(runs["status"].isin(["completed", "reached", "diverged"]) | runs["diverged"])
+
+
 def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per setting (KEY): best lr and its rounds to target (mean, std over seeds), the grid,
     the edge flag, per-lr details (`per_lr`), run indices per lr (`trials`), diverged runs.
@@ -153,7 +159,7 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
                     "seeds": int(b["seeds"]), "rounds": b["rounds_mean"] if b["reached"] else math.nan,
                     "rounds_std": b["rounds_std"] if b["reached"] else math.nan, "best_acc": b["acc_mean"],
                     "last_acc": b["last_acc"], "budget": int(g["rounds"].max()), "n_trials": len(g),
-                    "run_target": g["run_target"].min(),
+                    "run_target": g["run_target"].min(), "unfinished": int(unfinished(g).sum()),
                     "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
                     "trials": {lr: list(t.index) for lr, t in g.groupby("lr")}})  # fmt: skip
     return pd.DataFrame(out)

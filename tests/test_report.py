@@ -12,7 +12,7 @@ import pytest
 
 from fedray import paper as P
 from fedray.report import (best_lr, run_summary, edge_flag, load_results, main_report, monotone, paper_cells, rounds_to_target,
-                           summarize, u_of)  # fmt: skip
+                           settings_table, summarize, u_of)  # fmt: skip
 
 NaN = math.nan
 
@@ -112,6 +112,20 @@ def test_diverged_trials_are_listed_and_never_reach(tmp_path):
     s = summarize(runs).iloc[0]
     assert s["diverged"] == ["div", "inf"]
     assert np.isnan(s["rounds"]) and s["best_lr"] == 0.1 and s["edge"] == "lowest lr of grid"
+
+
+def test_a_trial_still_running_is_reported_as_unfinished(tmp_path):
+    _run(tmp_path, "done", 0.1, [0.9, 0.96, 0.98])  # reached at 2.5
+    _run(tmp_path, "running", 0.3, [0.95], status=None)  # no summary.json yet
+    runs = load_results(tmp_path)
+    s = summarize(runs).iloc[0]
+    assert s["unfinished"] == 1 and s["best_lr"] == 0.1 and s["rounds"] == pytest.approx(2.5)
+    t1 = paper_cells(runs)["table1"]
+    assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (1 trial unfinished) ⚑"]
+    st = settings_table(summarize(runs), paper_cells(runs)).iloc[0]
+    assert st["rounds to target"] == "2.5 (1/1 seeds); 1 trial unfinished"
+    _run(tmp_path / "later", "running", 0.3, [0.95, 0.99], status="reached")  # it finished: a copy ran longer
+    assert summarize(load_results(tmp_path)).iloc[0]["unfinished"] == 0
 
 
 def test_a_trial_found_twice_counts_once(tmp_path):
