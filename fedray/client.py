@@ -99,10 +99,10 @@ def _is_stacked(model: str, w: Params) -> bool:
 
 def _cnn_update(w: Params, x: torch.Tensor, y: torch.Tensor, batches: Schedule, lr: float) -> Params:
     """ClientUpdate for the CNN, equal to `client_update` up to float rounding. Autograd runs the
-    convolutions (channels-last: oneDNN's faster layout on CPU); the two dense layers, 97% of
-    the weights, are done by hand so that each weight update is one in-place addmm_. At B=10 the
-    dense layers are memory-bound, and autograd's separate gradient, lr*g and subtraction passes
-    over the 6.4 MB 3136x512 matrix cost about a third of a CPU round."""
+    convolutions, channels-last (oneDNN ran the one-channel first layer ~5x faster so on CPU);
+    the two dense layers, 97% of the weights, are done by hand so that each update is one
+    in-place addmm_ instead of autograd's gradient, lr*g and subtraction passes over the 6.4 MB
+    3136x512 matrix. Together 1.3-1.45x faster per client on one CPU thread at B=10."""
     cl = torch.channels_last
     conv = {
         k: v.detach().clone(memory_format=cl if v.dim() == 4 else torch.contiguous_format).requires_grad_(True)
