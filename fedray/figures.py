@@ -45,7 +45,9 @@ def best_history(runs: pd.DataFrame, s) -> pd.DataFrame:
 
 
 def _panels(n: int, title: str):
-    fig, axes = plt.subplots(1, n, figsize=(6.0 * n, 4.2), squeeze=False)
+    # Figure(), not pyplot: a report with many settings would otherwise hold them all open in pyplot.
+    fig = Figure(figsize=(6.0 * n, 4.2))
+    axes = fig.subplots(1, n, squeeze=False)
     fig.suptitle(title, fontsize=11)
     return fig, axes[0]
 
@@ -108,7 +110,8 @@ def grid_figures(runs: pd.DataFrame, settings: pd.DataFrame) -> dict[str, Figure
     at an end of the grid, or a neighbour almost as good, says the grid should be widened."""
     figs = {}
     for _, s in settings.iterrows():
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(6.4, 4.2))
+        ax = fig.subplots()
         colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(s["grid"]))))
         for color, lr in zip(colors, s["grid"]):
             r = s["per_lr"].set_index("lr").loc[lr]
