@@ -188,7 +188,7 @@ def compare(paper: pd.DataFrame, by_target: dict[float, pd.DataFrame]) -> dict[s
                 ours[i] = {"rounds": s["rounds"], "rounds_std": s["rounds_std"], "seeds": s["seeds"],
                            "best_lr": s["best_lr"], "grid": " ".join(f"{x:g}" for x in s["grid"]),
                            "edge": s["edge"], "best_acc": s["best_acc"], "budget": s["budget"],
-                           "run_target": s["run_target"], "unfinished": int(m.get("unfinished", pd.Series(0)).sum())}  # fmt: skip
+                           "run_target": s["run_target"], "unfinished": int(m["unfinished"].sum())}  # fmt: skip
         out[table] = cells(p, ours).reindex(columns=CELL_COLUMNS)
     return out
 

@@ -56,7 +56,7 @@ def _ts(v) -> float:
 
 def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> pd.DataFrame:
     """One row per run directory anywhere below results_dir (except below `exclude`): the config
-    fields, `status`, `diverged`, `path`, `run` (path relative to results_dir), `history` (a
+    fields, `status`, `diverged`, `unfinished`, `path`, `run` (path relative to results_dir), `history` (a
     DataFrame), `rounds_done`, `wall_s`, `hostname`, `device`, `started`, `finished`, `duplicate`."""
     root, rows = Path(results_dir), []
     skip = Path(exclude).resolve() if exclude else None
@@ -81,7 +81,10 @@ def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> 
         row["lr"] = float(f"{float(row['lr']):.10g}")  # grids computed on two machines still group
         status = summ.get("status", "unknown")
         dev = meta.get("device")
-        row.update(status=status, diverged=status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all(),
+        diverged = status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all()
+        # No final status yet (running, or killed): its setting's best lr may still change.
+        unfinished = not diverged and status not in ("completed", "reached")
+        row.update(status=status, diverged=diverged, unfinished=unfinished,
                    path=str(d), run=d.relative_to(root).as_posix(), history=h,
                    rounds_done=int(summ.get("rounds_completed", h["round"].iloc[-1] if len(h) else 0)),
                    wall_s=float(summ.get("wall_s", h["elapsed_s"].iloc[-1] if len(h) else math.nan)),
@@ -131,11 +134,6 @@ def edge_flag(grid, lr: float) -> str:
     return "lowest lr of grid" if lr == grid[0] else "highest lr of grid" if lr == grid[-1] else ""
 
 
-def unfinished(runs: pd.DataFrame) -> pd.Series:
-    """Trials without a final status: a setting's best lr may still change while any is running."""
-    return ~(runs["status"].isin(["completed", "reached", "diverged"]) | runs["diverged"])
-
-
 def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per setting (KEY): best lr and its rounds to target (mean, std over seeds), the grid,
     the edge flag, per-lr details (`per_lr`), run indices per lr (`trials`), diverged runs.
@@ -159,7 +157,7 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
                     "seeds": int(b["seeds"]), "rounds": b["rounds_mean"] if b["reached"] else math.nan,
                     "rounds_std": b["rounds_std"] if b["reached"] else math.nan, "best_acc": b["acc_mean"],
                     "last_acc": b["last_acc"], "budget": int(g["rounds"].max()), "n_trials": len(g),
-                    "run_target": g["run_target"].min(), "unfinished": int(unfinished(g).sum()),
+                    "run_target": g["run_target"].min(), "unfinished": int(g["unfinished"].sum()),
                     "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
                     "trials": {lr: list(t.index) for lr, t in g.groupby("lr")}})  # fmt: skip
     return pd.DataFrame(out)
