@@ -1,0 +1,68 @@
+"""Does the 2NN's gap to the paper come from the initialisation or the input scaling?
+
+The README's "where we differ" reports that our 2NN reaches 97% in 2-8x fewer rounds than the paper.
+This script re-runs two IID C=0.1 cells in process, with fedray's own engine, under a different w_0
+and/or unnormalised inputs, for a list of learning rates, and prints rounds to 97% per rate:
+
+    .venv/bin/python notebooks/init_check.py VARIANT SETTING LR[,LR...]
+
+VARIANT: torch (fedray's default: PyTorch's init, inputs normalised by the MNIST mean/std), raw
+(PyTorch's init, inputs in [0, 1]), tf1 (weights from a normal with sigma=0.1 truncated at 2 sigma,
+biases 0.1, as in the TensorFlow 1 MNIST tutorials of the paper's time; normalised inputs), tf1raw
+(tf1 and inputs in [0, 1]). SETTING: e1b10 (E=1, B=10; paper 87/92 rounds) or fedsgd (E=1, B=inf;
+paper 1474/1468).
+
+Measured on the 2-core AMD EPYC of docs/results, 2026-11-23 (best rate of the grid first; "-" = not reached):
+    tf1    e1b10  0.01: 192.4  0.0215: 102.5  0.0464: 50.2  0.1: 34.1  0.215: diverged
+    tf1raw e1b10  0.01: -      0.0215: 171.4  0.0464: 88.6  0.1: 48.0  0.215: 29.9
+    tf1    fedsgd 0.215: 625.3  0.464: 725.2  1.0: diverged
+    tf1raw fedsgd 0.464: 530.3  1.0: 1075.8
+against fedray's default (docs/results): e1b10 33.3 at 0.1, fedsgd 274.2 at 0.464.
+So neither changes FedAvg at E=1, B=10, while the TF1 initialisation slows FedSGD about 2x.
+"""
+
+import json
+import math
+import sys
+import time
+
+import torch
+
+from fedray import local, models
+from fedray.config import ExperimentConfig
+from fedray.data import MEAN, STD
+
+SETTINGS = {"e1b10": dict(E=1, B=10, rounds=300), "fedsgd": dict(E=1, B=math.inf, rounds=2500)}
+
+
+def tf1_init(name: str, seed: int) -> models.Params:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in models.build(name).named_parameters():
+        t = torch.empty_like(v.detach())
+        if k.endswith("weight"):
+            torch.nn.init.trunc_normal_(t, 0.0, 0.1, -0.2, 0.2, generator=g)
+        else:
+            t.fill_(0.1)
+        out[k] = t
+    return out
+
+
+def main(variant: str, setting: str, lrs: list[float]) -> None:
+    torch.set_num_threads(1)
+    if variant.startswith("tf1"):
+        models.init_params = tf1_init  # local.initial_state looks it up at call time
+    data = local.load_data("mnist", "cpu")
+    if variant.endswith("raw"):
+        data.train_x.mul_(STD).add_(MEAN)
+        data.test_x.mul_(STD).add_(MEAN)
+    for lr in lrs:
+        cfg = ExperimentConfig(model="2nn", C=0.1, lr=lr, target=0.97, stop_at_target=True, **SETTINGS[setting])
+        t = time.time()
+        r = local.run_local(cfg, data=data)
+        print(json.dumps(dict(variant=variant, setting=setting, lr=lr, rounds_to_target=r.rounds_to_target,
+                              status=r.status, wall_s=round(time.time() - t))), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], [float(x) for x in sys.argv[3].split(",")])
