@@ -219,7 +219,8 @@ def run_sweep(
         rtt = "—" if r["rounds_to_target"] is None else f"{r['rounds_to_target']:.1f}"
         print(f"  {r['key']}: {r['status']}, rounds to target {rtt}")
     if unfinished:
-        print(f"{len(unfinished)} trials did not finish; run again with --resume", file=sys.stderr)
+        n = len(unfinished)
+        print(f"{n} trial{'s' if n != 1 else ''} did not finish; run again with --resume", file=sys.stderr)
     return {"wall_s": wall, "trials": rows, "unfinished": len(unfinished)}
 
 
