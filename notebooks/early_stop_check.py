@@ -11,7 +11,7 @@ which trials that did reach the target it would have stopped first (each one can
 - patience P: stop when P evaluated rounds pass without a new best test accuracy;
 - floor (R, F): stop after round R if the best test accuracy so far is below F.
 
-Measured on the 221 committed trials (17.0 h of trial time), 2026-11-25:
+Measured on the 221 committed trials of 2026-11-25 (17.0 h; the 8 CNN trials added later stop nowhere):
     patience 20/50/100/200: saves 6.6/3.6/2.4/1.7 h, stops 57/23/12/2 trials that reached first;
         at 20/50/100 these include the best rate of non-IID C=0, B=10 (stopped at round 131/161/674;
         it reached 97% at 755.7).
@@ -22,20 +22,25 @@ and is safe only on these histories: the pathological non-IID C=0 runs stay belo
 rounds and still reach 97%. fedray has neither; budgets stay plain round limits.
 """
 
-import csv
-import json
 import sys
 from pathlib import Path
 
+from fedray.curves import rounds_to_target
+from fedray.report import load_results
 
-def load(root: Path) -> list[tuple[str, dict, list[tuple[int, float, float]]]]:
-    runs = []
-    for s in sorted(root.glob("*/trials/*/summary.json")):
-        rows = [(int(r["round"]), float(r["test_accuracy"]), float(r["elapsed_s"]))
-                for r in csv.DictReader(open(s.parent / "history.csv"))]
-        if rows:
-            runs.append((s.parent.name, json.loads(s.read_text()), rows))
-    return runs
+
+def load(root: Path) -> list[tuple[str, str, float, float, list[tuple[int, float, float]]]]:
+    """(run, status, wall_s, rounds to target, [(round, test accuracy, elapsed_s)]) per finished run."""
+    runs = load_results(root)
+    runs = runs[~runs["unfinished"] & ~runs["duplicate"]]
+    out = []
+    for r in runs.itertuples():
+        h = r.history
+        if len(h):
+            rtt = rounds_to_target(h["round"], h["test_accuracy"], r.target)
+            rows = list(zip(h["round"], h["test_accuracy"], h["elapsed_s"]))
+            out.append((r.run, r.status, r.wall_s, rtt, rows))
+    return out
 
 
 def patience_stop(rows, P: int):
@@ -56,15 +61,15 @@ def floor_stop(rows, R: int, F: float):
 
 def replay(runs, name: str, rule) -> None:
     stopped, saved, bad = 0, 0.0, []
-    for trial, summary, rows in runs:
+    for run, status, wall_s, rtt, rows in runs:
         hit = rule(rows)
         if hit is None:
             continue
         stopped += 1
-        saved += summary["wall_s"] - hit[1]
-        if summary["status"] == "reached":
-            bad.append(f"{trial} (stopped at {hit[0]}, reached at {summary['rounds_to_target']:.1f})")
-    total = sum(s["wall_s"] for _, s, _ in runs)
+        saved += wall_s - hit[1]
+        if status == "reached":
+            bad.append(f"{run} (stopped at {hit[0]}, reached at {rtt:.1f})")
+    total = sum(run[2] for run in runs)
     print(f"{name}: stops {stopped} trials, saves {saved / 3600:.2f} of {total / 3600:.1f} h; "
           f"stops {len(bad)} that reached first")
     for b in bad:
