@@ -11,11 +11,11 @@ which trials that did reach the target it would have stopped first (each one can
 - patience P: stop when P evaluated rounds pass without a new best test accuracy;
 - floor (R, F): stop after round R if the best test accuracy so far is below F.
 
-Measured on the 291 committed trials of 2026-11-25 (24.8 h of trial time):
-    patience 20/50/100/200: saves 6.8/3.6/2.4/1.7 h, stops 63/25/12/2 trials that reached first;
+Measured on the 299 committed trials of 2026-11-25 (26.1 h of trial time):
+    patience 20/50/100/200: saves 6.9/3.7/2.4/1.7 h, stops 63/25/12/2 trials that reached first;
         at 20/50/100 these include the best rate of non-IID C=0, B=10 (stopped at round 131/161/674;
         it reached 97% at 755.7).
-    floor R=20, F=0.3 / R=50, F=0.3 / R=100, F=0.5: saves 1.27/1.25/1.36 h, stops none that reached.
+    floor R=20, F=0.3 / R=50, F=0.3 / R=100, F=0.5: saves 1.44/1.31/1.36 h, stops none that reached.
     floor R=50, F=0.5: stops the best rate of non-IID C=0, B=inf (it reached at 1103.4).
 So a patience rule changes the tables at any setting that saves time, and a floor rule saves ~5%
 and is safe only on these histories: the pathological non-IID C=0 runs stay below 50% for 20-50
