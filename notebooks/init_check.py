@@ -27,6 +27,7 @@ Measured 2026-11-25, same machine, raw pixel values as inputs (budgets as in SET
     bytes  e20b10       0.00215: 45.5  0.001: 69.0                                (paper 32)
     bytes  noniid_e1b10 0.00215: 600.0  0.001: 1075.3                             (paper 664/831)
     bytes  fedsgd       0.01: - (96.57% at best in 4400 rounds)  0.0215: - (45.8%, 4400 rounds)
+                        0.0147 (the 10^(1/6) step between them, run 2026-12-01): - (93.46%, 4400)
                         0.00215, 0.00464, 0.1: - (2500 rounds)  0.0464, 0.215, 0.464: - (stuck
                         at 11-18% for 2500 rounds)                                (paper 1468)
     bytes  cnn_e1b10    0.00316: 70.3  0.00215: 86.3  0.001: - (98.94% in 105)
