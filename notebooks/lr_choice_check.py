@@ -63,5 +63,6 @@ def main(E: int, B: float, rounds: int, partition: str = "iid", lrs: list[float]
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(int(a[0]), float(a[1]), int(a[2]), *(a[3:4] or ["iid"]),
-         *([[float(x) for x in a[4].split(",")]] if len(a) > 4 else []))
+    partition = a[3] if len(a) > 3 else "iid"
+    lrs = [float(x) for x in a[4].split(",")] if len(a) > 4 else None
+    main(int(a[0]), float(a[1]), int(a[2]), partition, lrs)
