@@ -164,13 +164,16 @@ def run_rounds(
                 status = "reached"
                 break
             ts = time.perf_counter()
-            state = fedavg_round(state, cfg, partition, train)
+            # `state` advances only once round t's row is in `history`: a Ctrl-C during the
+            # evaluation then saves w_{t-1}, and the resume recomputes round t (same (seed, t)).
+            new = fedavg_round(state, cfg, partition, train)
             train_s += time.perf_counter() - ts
-            t = state.round
+            t = new.round
             if t % cfg.eval_every and t != cfg.rounds:
+                state = new
                 continue
             te = time.perf_counter()
-            metrics = evaluate(state.w, cfg.train_loss)
+            metrics = evaluate(new.w, cfg.train_loss)
             row = {
                 "round": t,
                 "test_accuracy": metrics["test_accuracy"],
@@ -185,6 +188,7 @@ def run_rounds(
             }
             train_s = 0.0
             history.append(row)
+            state = new
             if reached_at is None and row["test_accuracy"] >= cfg.target:
                 reached_at = t
             if out is not None:
@@ -199,6 +203,8 @@ def run_rounds(
                 break
     except KeyboardInterrupt:
         status = "interrupted"
+        # A Ctrl-C between the append and `state = new` must not save a row the state lacks.
+        history = [r for r in history if r["round"] <= state.round]
     if status == "completed" and cfg.stop_at_target and reached_at is not None:
         status = "reached"
     result = RunResult(status, state, history)

@@ -7,11 +7,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fedray.config import ExperimentConfig
+from fedray.fedavg import ServerState
 from fedray.local import run_local, synthetic_data
+from fedray.runner import load_checkpoint, run_rounds
 
 FEDRAY = [sys.executable, "-m", "fedray.cli"]
 
@@ -83,3 +87,35 @@ def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
     full = run_local(ExperimentConfig(dataset="synthetic", K=10, C=0.5, lr=0.05, rounds=400), data=synthetic_data())
     assert list(resumed["round"]) == list(range(1, 401))
     assert resumed["test_accuracy"].tolist() == pytest.approx([r["test_accuracy"] for r in full.history], abs=0)
+
+
+@pytest.mark.parametrize("at", ["evaluate", "on_row"])
+def test_ctrl_c_during_round_14_saves_round_13_or_14_whole_and_resume_fills_the_gap(tmp_path, at):
+    # Every client returns w + 1, so w_t = t: a saved state and its history can be checked by eye.
+    cfg = ExperimentConfig(K=4, C=0.5, rounds=20, target=1.0)
+    parts = [np.arange(k * 5, k * 5 + 5) for k in range(4)]
+
+    def train(w, schedules, lrs):
+        return {"w": torch.stack([w["w"] + 1] * len(schedules))}
+
+    def evaluate(w, with_train_loss, stop_at=None):
+        if at == "evaluate" and w["w"].item() == stop_at:
+            raise KeyboardInterrupt
+        return {"test_accuracy": w["w"].item() / 100, "test_loss": 1.0}
+
+    def on_row(row):
+        if at == "on_row" and row["round"] == 14:
+            raise KeyboardInterrupt
+
+    r = run_rounds(cfg, parts, train, lambda w, tl: evaluate(w, tl, 14), ServerState(0, {"w": torch.tensor(0.0)}),
+                   out=tmp_path, on_row=on_row)  # fmt: skip
+    saved = 13 if at == "evaluate" else 14
+    assert r.status == "interrupted"
+    state, history = load_checkpoint(tmp_path)
+    assert state.round == saved and state.w["w"].item() == saved
+    assert [h["round"] for h in history] == list(range(1, saved + 1))
+    assert pd.read_csv(tmp_path / "history.csv")["round"].tolist() == list(range(1, saved + 1))
+    r = run_rounds(cfg, parts, train, evaluate, state, history=history, out=tmp_path)
+    assert r.status == "completed" and r.state.w["w"].item() == 20
+    resumed = pd.read_csv(tmp_path / "history.csv")
+    assert resumed["test_accuracy"].tolist() == pytest.approx([t / 100 for t in range(1, 21)])
