@@ -7,6 +7,7 @@ Diverged trials (summary says so, or a non-finite test loss) count as not reachi
 no final summary (still running, or killed) is counted as unfinished, and its setting says so. Per setting
 the best learning rate is the one with the fewest rounds, mean over seeds, among those whose every
 seed reached (ties: the smaller lr); if none reached, the highest mean final monotone accuracy.
+Rates are compared on the seeds they share; the chosen rate's numbers are over all its seeds.
 Only run directories (config.json + history.csv) are read, so a laptop can report a cluster sweep.
 """
 
@@ -108,22 +109,40 @@ def per_lr_table(trials: pd.DataFrame, target: float) -> pd.DataFrame:
         rtt.append(math.nan if div else rounds_to_target(h["round"], h["test_accuracy"], target))
         acc.append(math.nan if div or not len(m) else float(m[-1]))
     t = trials.assign(rtt=rtt, acc=acc)
-    return t.groupby("lr", sort=True).agg(
+    out = t.groupby("lr", sort=True).agg(
         seeds=("seed", "size"), reached_seeds=("rtt", lambda r: int(np.isfinite(r).sum())),
         reached=("rtt", lambda r: bool(np.isfinite(r).all())), rounds_mean=("rtt", "mean"),
         rounds_std=("rtt", lambda r: float(np.std(r, ddof=1)) if len(r) > 1 else math.nan),
         acc_mean=("acc", lambda a: float(a.mean()) if a.notna().all() else math.nan),
         last_acc=("history", lambda hs: float(np.mean([h["test_accuracy"].iloc[-1] if len(h) else math.nan for h in hs]))),
     ).reset_index()  # fmt: skip
+    by_lr = [g for _, g in t.groupby("lr", sort=True)]
+    return out.assign(rtt_by_seed=[dict(zip(g["seed"], g["rtt"])) for g in by_lr],
+                      acc_by_seed=[dict(zip(g["seed"], g["acc"])) for g in by_lr])  # fmt: skip
+
+
+def _on_shared_seeds(rows: pd.DataFrame, by_seed: str, mean: str) -> pd.Series:
+    """The mean over the seeds every row ran, so that seeds added at one rate (a 3-seed mean)
+    are not ranked against a neighbour's single, possibly lucky, seed. Without shared seeds or
+    per-seed values, each row's own `mean`; NaN wherever `mean` is NaN (e.g. a diverged seed)."""
+    per_seed = rows[by_seed] if by_seed in rows and len(rows) else None
+    shared = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed is not None else []
+    if not shared:
+        return rows[mean]
+    key = pd.Series([float(np.mean([d[k] for k in shared])) for d in per_seed], index=rows.index)
+    return key.where(rows[mean].notna())
 
 
 def best_lr(per_lr: pd.DataFrame) -> pd.Series:
     """Fewest mean rounds among lrs whose every seed reached; else highest mean final monotone
-    accuracy. Ties go to the smaller lr, the more conservative choice."""
+    accuracy; both means over the seeds the compared lrs share. Ties go to the smaller lr, the
+    more conservative choice. The row returned keeps its means over all of its own seeds."""
     ok = per_lr[per_lr["reached"]]
     if len(ok):
-        return ok.sort_values(["rounds_mean", "lr"], kind="stable").iloc[0]
-    return per_lr.sort_values(["acc_mean", "lr"], ascending=[False, True], na_position="last").iloc[0]
+        ok = ok.assign(_key=_on_shared_seeds(ok, "rtt_by_seed", "rounds_mean"))
+        return ok.sort_values(["_key", "lr"], kind="stable").iloc[0].drop("_key")
+    rows = per_lr.assign(_key=_on_shared_seeds(per_lr, "acc_by_seed", "acc_mean"))
+    return rows.sort_values(["_key", "lr"], ascending=[False, True], na_position="last").iloc[0].drop("_key")
 
 
 def edge_flag(grid, lr: float) -> str:

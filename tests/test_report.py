@@ -103,6 +103,15 @@ def test_seeds_mean_std_and_every_seed_must_reach(tmp_path):
     assert s["edge"] == "grid too small"
 
 
+def test_rates_are_compared_on_the_seeds_they_share(tmp_path):
+    for seed, acc in enumerate([[0.96, 0.98], [0.95, 0.96, 0.98], [0.9, 0.9, 0.96, 0.98]]):
+        _run(tmp_path, f"a_s{seed}", 0.1, acc, seed=seed)  # 1.5, 2.5, 3.5 rounds: mean 2.5
+    _run(tmp_path, "b_s0", 0.3, [0.96, 0.975])  # seed 0 only: 1 + 0.01/0.015 = 1.67 < 2.5
+    s = summarize(load_results(tmp_path)).iloc[0]
+    # On seed 0, the one both rates ran, 0.1 (1.5) beats 0.3 (1.67); its number is over its 3 seeds.
+    assert s["best_lr"] == 0.1 and s["seeds"] == 3 and s["rounds"] == pytest.approx(2.5)
+
+
 def test_diverged_trials_are_listed_and_never_reach(tmp_path):
     _run(tmp_path, "ok", 0.1, [0.9, 0.95])
     _run(tmp_path, "div", 0.3, [0.98, 0.1], status="diverged")  # reached, then blew up: not reaching
