@@ -38,6 +38,9 @@ class ExperimentConfig:
     target: float = 0.97  # test accuracy whose crossing defines rounds-to-target (2NN 0.97, CNN 0.99)
     stop_at_target: bool = False  # stop extra_rounds after the target is reached instead of at `rounds`
     extra_rounds: int = 0  # rounds still run after the target is reached, with stop_at_target (plots)
+    collapse_rounds: int = 0  # stop as diverged after this many evaluations in a row at chance
+    # accuracy (<= 12%) that follow one above it: a ReLU net that collapsed keeps a finite loss, so
+    # it would otherwise run its whole budget at chance. 0 = never (non-finite losses always stop)
     eval_every: int = 1  # evaluate the global model on the 10k test images every this many rounds
     train_loss: bool = False  # also record the loss on the full 60k training set (paper's Figure 6)
     seed: int = 0  # derives init, partition, client sampling and minibatch order: (seed, round, client)
@@ -109,7 +112,7 @@ def parse_B(value: Any) -> float:
     return int(value)
 
 
-_INT_FIELDS = ("K", "E", "rounds", "extra_rounds", "eval_every", "seed")
+_INT_FIELDS = ("K", "E", "rounds", "extra_rounds", "collapse_rounds", "eval_every", "seed")
 _FLOAT_FIELDS = ("alpha", "C", "lr", "lr_decay", "target")
 _BOOL_FIELDS = ("stop_at_target", "train_loss")
 
@@ -173,6 +176,8 @@ def _validate(c: ExperimentConfig) -> None:
         raise bad("target", "a number in (0, 1]")
     if not (isinstance(c.extra_rounds, int) and c.extra_rounds >= 0):
         raise bad("extra_rounds", "an integer >= 0")
+    if not (isinstance(c.collapse_rounds, int) and c.collapse_rounds >= 0):
+        raise bad("collapse_rounds", "an integer >= 0 (0 = never)")
     if not (isinstance(c.eval_every, int) and c.eval_every >= 1):
         raise bad("eval_every", "an integer >= 1")
     if not (c.alpha > 0 and math.isfinite(c.alpha)):

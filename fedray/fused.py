@@ -11,7 +11,6 @@ run would write it, and leaves the stack when its stopping rule fires.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,8 +24,8 @@ from .curves import rounds_to_target
 from .fedavg import ServerState, aggregate, round_schedules
 from .local import Data, initial_state, load_data, make_evaluate
 from .partition import make_partition
-from .runner import (RunResult, _history_csv, atomic_write, prepare_run_dir, record_row, save_checkpoint,
-                     write_config, write_summary)
+from .runner import (RunResult, _history_csv, atomic_write, diverged, prepare_run_dir, record_row,
+                     save_checkpoint, write_config, write_summary)
 
 
 def check_fusable(cfgs: Sequence[ExperimentConfig]) -> None:
@@ -101,7 +100,7 @@ def run_fused(
                         save_checkpoint(outs[i], states[i], histories[i])
                 if on_row is not None:
                     on_row(i, row)
-                if not math.isfinite(row["test_loss"]):
+                if diverged(histories[i], cfgs[i].collapse_rounds):
                     status[i] = "diverged"
                     active.remove(i)
             train_s = 0.0

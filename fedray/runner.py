@@ -30,6 +30,8 @@ HISTORY_FIELDS = [
     "round", "test_accuracy", "test_loss", "train_loss", "lr",
     "train_s", "eval_s", "elapsed_s", "bytes_down", "bytes_up",
 ]  # fmt: skip
+# A net that predicts one class scores 8.9-11.4% on MNIST's test set (its class frequencies).
+CHANCE_ACCURACY = 0.12
 EvalFn = Callable[[models.Params, bool], dict[str, float]]  # (w, with_train_loss) -> metrics
 
 
@@ -138,6 +140,20 @@ def _history_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def diverged(history: Sequence[dict], collapse_rounds: int = 0) -> bool:
+    """A non-finite loss in the last row, or (collapse_rounds > 0) the last collapse_rounds rows
+    at chance accuracy after an earlier row above it. A run that never rose above chance (a
+    rate too small to have moved yet) is slow, not diverged, and goes on."""
+    if history and not math.isfinite(history[-1]["test_loss"]):
+        return True
+    n = collapse_rounds
+    if n <= 0 or len(history) <= n:
+        return False
+    return all(r["test_accuracy"] <= CHANCE_ACCURACY for r in history[-n:]) and any(
+        r["test_accuracy"] > CHANCE_ACCURACY for r in history[:-n]
+    )
+
+
 def run_rounds(
     cfg: ExperimentConfig,
     partition: Sequence[Any],
@@ -198,7 +214,7 @@ def run_rounds(
                     save_checkpoint(out, state, history)
             if on_row is not None:
                 on_row(row)
-            if not math.isfinite(row["test_loss"]):
+            if diverged(history, cfg.collapse_rounds):
                 status = "diverged"
                 break
     except KeyboardInterrupt:

@@ -119,3 +119,38 @@ def test_ctrl_c_during_round_14_saves_round_13_or_14_whole_and_resume_fills_the_
     assert r.status == "completed" and r.state.w["w"].item() == 20
     resumed = pd.read_csv(tmp_path / "history.csv")
     assert resumed["test_accuracy"].tolist() == pytest.approx([t / 100 for t in range(1, 21)])
+
+
+@pytest.mark.parametrize(
+    "accuracy, collapse_rounds, status, last_round",
+    [
+        # Learns (50%), collapses to chance at round 2: rounds 2-6 are five at chance.
+        ({1: 0.5}, 5, "diverged", 6),
+        # Never above chance (a rate too small to have moved yet): slow, not diverged.
+        ({}, 5, "completed", 30),
+        # Dips to chance shorter than collapse_rounds (four rounds), then learning again.
+        ({t: 0.1 if t in (5, 6, 7, 8, 35) else 0.5 for t in range(1, 31)}, 5, "completed", 30),
+        # collapse_rounds=0 (the default): only a non-finite loss stops a run.
+        ({1: 0.5}, 0, "completed", 30),
+    ],
+)
+def test_a_run_stuck_at_chance_after_learning_stops_as_diverged(tmp_path, accuracy, collapse_rounds, status, last_round):
+    # w_t = t, and round t's accuracy is scripted (chance, 0.10, where the script is silent).
+    cfg = ExperimentConfig(K=4, C=0.5, rounds=30, collapse_rounds=collapse_rounds)
+    parts = [np.arange(k * 5, k * 5 + 5) for k in range(4)]
+
+    def train(w, schedules, lrs):
+        return {"w": torch.stack([w["w"] + 1] * len(schedules))}
+
+    def evaluate(w, with_train_loss):
+        return {"test_accuracy": accuracy.get(int(w["w"].item()), 0.10), "test_loss": 2.3}
+
+    r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), out=tmp_path)
+    assert r.status == status and r.state.round == last_round
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == status
+    assert pd.read_csv(tmp_path / "history.csv")["round"].tolist() == list(range(1, last_round + 1))
+
+
+def test_collapse_rounds_must_be_a_count():
+    with pytest.raises(ValueError, match=r"collapse_rounds: got -1; allowed: an integer >= 0"):
+        ExperimentConfig(collapse_rounds=-1)
