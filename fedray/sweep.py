@@ -177,6 +177,10 @@ def run_sweep(
     (storage / "trials").mkdir(parents=True, exist_ok=True)
     _write_sweep_json(storage, sweep, source)
     started = time.time()
+    log = storage / "sweep_runs.jsonl"
+    # Logged now as well as at the end: a sweep longer than a sitting is killed, not ended, and
+    # the report's span for it still starts at its first sitting.
+    _append_line(log, {"started": started, "trials_to_run": len(todo)})
     print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished, {len(todo)} to run")
     if todo:
         import ray
@@ -210,9 +214,7 @@ def run_sweep(
         tuner.fit()
     wall = time.time() - started
     rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
-    log = storage / "sweep_runs.jsonl"
-    with open(log, "a") as f:
-        f.write(json.dumps({"started": started, "wall_s": wall, "trials_run": len(todo)}) + "\n")
+    _append_line(log, {"started": started, "wall_s": wall, "trials_run": len(todo)})
     unfinished = [r for r in rows if r["status"] not in FINISHED]
     print(f"sweep {sweep.name}: {len(todo)} trials run in {wall:.0f} s; results in {storage}")
     for r in rows:
@@ -222,6 +224,11 @@ def run_sweep(
         n = len(unfinished)
         print(f"{n} trial{'s' if n != 1 else ''} did not finish; run again with --resume", file=sys.stderr)
     return {"wall_s": wall, "trials": rows, "unfinished": len(unfinished)}
+
+
+def _append_line(log: Path, entry: dict[str, Any]) -> None:
+    with open(log, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def _trial_row(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:

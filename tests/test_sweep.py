@@ -143,6 +143,11 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
     for cfg in sweep.trials:
         h = pd.read_csv(trials / trial_key(cfg) / "history.csv")
         assert list(h["round"]) == list(range(1, len(h) + 1))
+    # The killed sitting is dated by the line it wrote at its start; the resumed one by two.
+    log = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
+    assert [sorted(e) for e in log] == [["started", "trials_to_run"]] * 2 + [["started", "trials_run", "wall_s"]]
+    assert log[0]["trials_to_run"] == 4 and log[1]["started"] == log[2]["started"] > log[0]["started"]
+    assert log[2]["trials_run"] == len(todo) and log[2]["wall_s"] > 0
 
 
 def test_trials_with_driver_and_worker_actors_queue_without_hanging(local_ray, tmp_path):
