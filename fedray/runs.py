@@ -1,0 +1,136 @@
+"""Saved runs read back for the report: one row per run directory (config.json + history.csv,
+plus summary.json when it ended), and what they cost (hardware, wall-clock, rounds, sweep spans).
+Only files are read, never Ray, so a laptop can report a cluster's sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import paper as P
+
+__all__ = ["KEY", "load_results", "run_summary"]
+# A setting: the runs that differ only by learning rate and seed.
+KEY = ["dataset", "model", "partition", "alpha", "K", "C", "E", "B", "lr_decay", "target"]
+DEFAULTS = {"dataset": "mnist", "alpha": np.nan, "K": 100, "lr_decay": 1.0, "seed": 0, "rounds": 0}
+
+
+def _json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _ts(v) -> float:
+    """Epoch seconds from a number or an ISO string; NaN when absent."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    try:
+        return datetime.fromisoformat(str(v)).timestamp()
+    except ValueError:
+        return math.nan
+
+
+def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> pd.DataFrame:
+    """One row per run directory anywhere below results_dir (except below `exclude`): the config
+    fields, `status`, `diverged`, `unfinished`, `path`, `run` (path relative to results_dir), `history` (a
+    DataFrame), `rounds_done`, `wall_s`, `hostname`, `device`, `started`, `finished`, `duplicate`."""
+    root, rows = Path(results_dir), []
+    skip = Path(exclude).resolve() if exclude else None
+    for cfg_path in sorted(root.rglob("config.json")):
+        d = cfg_path.parent
+        if (skip and d.resolve().is_relative_to(skip)) or not (d / "history.csv").is_file():
+            continue
+        cfg = _json(cfg_path)
+        try:
+            h = pd.read_csv(d / "history.csv")
+        except (OSError, ValueError):  # e.g. empty while a run is starting
+            h = pd.DataFrame()
+        if "model" not in cfg or not {"round", "test_accuracy"} <= set(h.columns):
+            print(f"fedray report: skipping {d}: not a run directory", file=sys.stderr)
+            continue
+        for col in ("test_accuracy", "test_loss", "train_loss", "elapsed_s"):
+            h[col] = pd.to_numeric(h[col], errors="coerce") if col in h else np.nan
+        h = h.sort_values("round").reset_index(drop=True)
+        meta, summ = cfg.pop("meta", None) or {}, _json(d / "summary.json")
+        row = {**DEFAULTS, **cfg, "B": P.parse_B(cfg.get("B", "inf"))}
+        row["alpha"] = float(row["alpha"]) if row["partition"] == "dirichlet" else np.nan  # unused otherwise
+        row["lr"] = float(f"{float(row['lr']):.10g}")  # grids computed on two machines still group
+        status = summ.get("status", "unknown")
+        dev = meta.get("device")
+        diverged = status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all()
+        # No final status yet (running, or killed): its setting's best lr may still change.
+        unfinished = not diverged and status not in ("completed", "reached")
+        row.update(status=status, diverged=diverged, unfinished=unfinished,
+                   path=str(d), run=d.relative_to(root).as_posix(), history=h,
+                   rounds_done=int(summ.get("rounds_completed", h["round"].iloc[-1] if len(h) else 0)),
+                   wall_s=float(summ.get("wall_s", h["elapsed_s"].iloc[-1] if len(h) else math.nan)),
+                   hostname=meta.get("hostname"), cpu=meta.get("cpu"), device=",".join(map(str, dev)) if isinstance(dev, list) else dev,
+                   started=_ts(meta.get("started", summ.get("started"))),
+                   finished=_ts(meta.get("finished", summ.get("finished"))))  # fmt: skip
+        rows.append(row)
+    runs = pd.DataFrame(rows)
+    if len(runs):  # the same trial twice (a copied or re-run dir): keep the one that ran longest
+        order = runs.sort_values(["rounds_done", "run"], ascending=[False, True])
+        runs["duplicate"] = order.duplicated(KEY + ["lr", "seed"]).reindex(runs.index)
+    return runs
+
+
+
+def _dur(s: float) -> str:
+    if not np.isfinite(s):
+        return "?"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _when(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _cpu(c: str) -> str:
+    return "" if c == "?" else f"; {c}"
+
+
+def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
+    """Hardware, wall-clock and rounds computed; spans come from recorded timestamps only (sweep
+    logs, meta), never file times, so the same results give the same report on any checkout."""
+    if runs.empty:
+        return ["no run directories (config.json + history.csv) found"]
+    cpu = runs["cpu"] if "cpu" in runs else pd.Series("?", index=runs.index)
+    hw = runs.groupby([runs["hostname"].fillna("?"), runs["device"].fillna("?"), cpu.fillna("?")]).size()
+    w, statuses = runs["wall_s"].astype(float), runs["status"].where(~runs["diverged"], "diverged").value_counts()
+    lines = [f"hardware: {', '.join(f'{h} ({d}{_cpu(c)}): {n} runs' for (h, d, c), n in hw.items())}; this report made on {platform.node()}",
+             f"{len(runs)} runs ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
+             + (f"; {int(runs['duplicate'].sum())} duplicate run dirs ignored" if runs["duplicate"].any() else ""),
+             f"wall-clock per run: min {_dur(w.min())}, median {_dur(w.median())}, max {_dur(w.max())}; sum {_dur(w.sum())}",
+             f"rounds computed: {int(runs['rounds_done'].sum())}"]  # fmt: skip
+    # Group runs by the sweep that made them (the nearest folder with a sweep log), else results_dir.
+    groups: dict[Path, list[int]] = {}
+    for i, p in zip(runs.index, runs["path"]):
+        home = next((a for a in Path(p).parents if (a / "sweep_runs.jsonl").exists() or a == results_dir), results_dir)
+        groups.setdefault(home, []).append(i)
+    for home, idx in sorted(groups.items()):
+        r = runs.loc[idx]
+        starts, ends = list(r["started"].dropna()), list(r["finished"].dropna())
+        log = home / "sweep_runs.jsonl"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            e = json.loads(line) if line.strip() else {}
+            if np.isfinite(_ts(e.get("started"))):
+                starts.append(_ts(e["started"]))
+                ends.append(_ts(e["started"]) + float(e.get("wall_s", 0)))
+        name = home.relative_to(results_dir).as_posix() if home != results_dir else str(results_dir)
+        t0, t1 = (min(starts), max(ends)) if starts and ends else (math.nan, math.nan)
+        span = f"; span {_when(t0)} to {_when(t1)} ({_dur(t1 - t0)})" if np.isfinite(t1 - t0) else ""
+        wall, done = _dur(r["wall_s"].sum()), int(r["rounds_done"].sum())
+        lines.append(f"{name}: {len(r)} runs, wall-clock sum {wall}, {done} rounds{span}")
+    return lines
