@@ -115,8 +115,9 @@ def grid_figures(runs: pd.DataFrame, settings: pd.DataFrame) -> dict[str, Figure
         colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(s["grid"]))))
         for color, lr in zip(colors, s["grid"]):
             r = s["per_lr"].set_index("lr").loc[lr]
-            what = (f"{r['rounds_mean']:.1f} rounds" if r["reached"] else "diverged" if np.isnan(r["acc_mean"])
-                    else f"not reached, max {r['acc_mean']:.4f}")  # fmt: skip
+            best = "" if np.isnan(r["acc_mean"]) else f", max {r['acc_mean']:.4f}"
+            what = (f"{r['rounds_mean']:.1f} rounds" if r["reached"] else f"unfinished{best}" if r.get("unfinished")
+                    else f"not reached{best}" if best else "diverged")  # fmt: skip
             for j, i in enumerate(sorted(s["trials"][lr], key=lambda i: runs.loc[i, "seed"])):
                 h = runs.loc[i, "history"]
                 ax.plot(h["round"], h["test_accuracy"], color=color, lw=2.2 if lr == s["best_lr"] else 0.9,

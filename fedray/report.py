@@ -49,7 +49,7 @@ def per_lr_table(trials: pd.DataFrame, target: float) -> pd.DataFrame:
                     "reached": bool(np.isfinite(r).all()), "rounds_mean": r.mean(),
                     "rounds_std": float(np.std(r, ddof=1)) if len(r) > 1 else math.nan,
                     "acc_mean": float(a.mean()) if a.notna().all() else math.nan,
-                    "last_acc": float(np.mean(last)), "rtt_by_seed": dict(zip(g["seed"], r)),
+                    "last_acc": float(np.mean(last)), "unfinished": int(g["unfinished"].sum()), "rtt_by_seed": dict(zip(g["seed"], r)),
                     "acc_by_seed": dict(zip(g["seed"], a))})  # fmt: skip
     return pd.DataFrame(out)
 
@@ -104,8 +104,10 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
         per_lr = per_lr_table(g, s["target"])
         b = best_lr(per_lr)
         grid = list(per_lr["lr"])
+        # A best rate with no finished trial yet says nothing about the grid's ends.
+        edge = edge_flag(grid, b["lr"]) if b["unfinished"] < b["seeds"] else ""
         out.append({**s, "u": u_of(s["E"], s["B"], s["K"]), "best_lr": b["lr"], "grid": grid,
-                    "edge": edge_flag(grid, b["lr"]), "reached_seeds": int(b["reached_seeds"]),
+                    "edge": edge, "reached_seeds": int(b["reached_seeds"]),
                     "seeds": int(b["seeds"]), "rounds": b["rounds_mean"] if b["reached"] else math.nan,
                     "rounds_std": b["rounds_std"] if b["reached"] else math.nan, "best_acc": b["acc_mean"],
                     "last_acc": b["last_acc"], "budget": int(g["rounds"].max()), "n_trials": len(g),

@@ -20,6 +20,7 @@ from . import paper as P
 __all__ = ["KEY", "load_results", "run_summary"]
 # A setting: the runs that differ only by learning rate and seed.
 KEY = ["dataset", "model", "partition", "alpha", "K", "C", "E", "B", "lr_decay", "target"]
+NOT_STARTED = "not started"  # a sweep.json trial with no run directory
 DEFAULTS = {"dataset": "mnist", "alpha": np.nan, "K": 100, "lr_decay": 1.0, "seed": 0, "rounds": 0}
 
 
@@ -44,7 +45,9 @@ def _ts(v) -> float:
 def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> pd.DataFrame:
     """One row per run directory anywhere below results_dir (except below `exclude`): the config
     fields, `status`, `diverged`, `unfinished`, `path`, `run` (path relative to results_dir), `history` (a
-    DataFrame), `rounds_done`, `wall_s`, `hostname`, `device`, `started`, `finished`, `duplicate`."""
+    DataFrame), `rounds_done`, `wall_s`, `hostname`, `device`, `started`, `finished`, `duplicate`.
+    Also one row (status `not started`, empty history) per trial a sweep.json lists without a run
+    directory: a sweep committed half-done counts its missing trials as unfinished, not as absent."""
     root, rows = Path(results_dir), []
     skip = Path(exclude).resolve() if exclude else None
     for cfg_path in sorted(root.rglob("config.json")):
@@ -59,32 +62,44 @@ def load_results(results_dir: str | Path, exclude: str | Path | None = None) -> 
         if "model" not in cfg or not {"round", "test_accuracy"} <= set(h.columns):
             print(f"fedray report: skipping {d}: not a run directory", file=sys.stderr)
             continue
-        for col in ("test_accuracy", "test_loss", "train_loss", "elapsed_s"):
-            h[col] = pd.to_numeric(h[col], errors="coerce") if col in h else np.nan
-        h = h.sort_values("round").reset_index(drop=True)
-        meta, summ = cfg.pop("meta", None) or {}, _json(d / "summary.json")
-        row = {**DEFAULTS, **cfg, "B": P.parse_B(cfg.get("B", "inf"))}
-        row["alpha"] = float(row["alpha"]) if row["partition"] == "dirichlet" else np.nan  # unused otherwise
-        row["lr"] = float(f"{float(row['lr']):.10g}")  # grids computed on two machines still group
-        status = summ.get("status", "unknown")
-        dev = meta.get("device")
-        diverged = status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all()
-        # No final status yet (running, or killed): its setting's best lr may still change.
-        unfinished = not diverged and status not in ("completed", "reached")
-        row.update(status=status, diverged=diverged, unfinished=unfinished,
-                   path=str(d), run=d.relative_to(root).as_posix(), history=h,
-                   rounds_done=int(summ.get("rounds_completed", h["round"].iloc[-1] if len(h) else 0)),
-                   wall_s=float(summ.get("wall_s", h["elapsed_s"].iloc[-1] if len(h) else math.nan)),
-                   hostname=meta.get("hostname"), cpu=meta.get("cpu"), device=",".join(map(str, dev)) if isinstance(dev, list) else dev,
-                   started=_ts(meta.get("started", summ.get("started"))),
-                   finished=_ts(meta.get("finished", summ.get("finished"))))  # fmt: skip
-        rows.append(row)
+        rows.append(_row(cfg, h, _json(d / "summary.json"), d, root))
+    seen = {r["path"] for r in rows}
+    for sweep_json in sorted(root.rglob("sweep.json")):
+        if skip and sweep_json.resolve().is_relative_to(skip):
+            continue
+        for t in _json(sweep_json).get("trials", []):
+            d = sweep_json.parent / "trials" / str(t.get("key"))
+            if str(d) not in seen and "model" in t:
+                cfg = {k: v for k, v in t.items() if k != "key"}
+                rows.append(_row(cfg, pd.DataFrame(columns=["round", "test_accuracy"]), {"status": NOT_STARTED}, d, root))
     runs = pd.DataFrame(rows)
     if len(runs):  # the same trial twice (a copied or re-run dir): keep the one that ran longest
         order = runs.sort_values(["rounds_done", "run"], ascending=[False, True])
         runs["duplicate"] = order.duplicated(KEY + ["lr", "seed"]).reindex(runs.index)
     return runs
 
+
+def _row(cfg: dict, h: pd.DataFrame, summ: dict, d: Path, root: Path) -> dict:
+    for col in ("test_accuracy", "test_loss", "train_loss", "elapsed_s"):
+        h[col] = pd.to_numeric(h[col], errors="coerce") if col in h else np.nan
+    h = h.sort_values("round").reset_index(drop=True)
+    meta = cfg.pop("meta", None) or {}
+    row = {**DEFAULTS, **cfg, "B": P.parse_B(cfg.get("B", "inf"))}
+    row["alpha"] = float(row["alpha"]) if row["partition"] == "dirichlet" else np.nan  # unused otherwise
+    row["lr"] = float(f"{float(row['lr']):.10g}")  # grids computed on two machines still group
+    status = summ.get("status", "unknown")
+    dev = meta.get("device")
+    diverged = status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all()
+    # No final status yet (running, killed, not started): its setting's best lr may still change.
+    unfinished = not diverged and status not in ("completed", "reached")
+    row.update(status=status, diverged=diverged, unfinished=unfinished,
+               path=str(d), run=d.relative_to(root).as_posix(), history=h,
+               rounds_done=int(summ.get("rounds_completed", h["round"].iloc[-1] if len(h) else 0)),
+               wall_s=float(summ.get("wall_s", h["elapsed_s"].iloc[-1] if len(h) else math.nan)),
+               hostname=meta.get("hostname"), cpu=meta.get("cpu"), device=",".join(map(str, dev)) if isinstance(dev, list) else dev,
+               started=_ts(meta.get("started", summ.get("started"))),
+               finished=_ts(meta.get("finished", summ.get("finished"))))  # fmt: skip
+    return row
 
 
 def _dur(s: float) -> str:
@@ -104,8 +119,12 @@ def _cpu(c: str) -> str:
 def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
     """Hardware, wall-clock and rounds computed; spans come from recorded timestamps only (sweep
     logs, meta), never file times, so the same results give the same report on any checkout."""
+    planned = runs[runs["status"] == NOT_STARTED] if len(runs) else runs
+    runs = runs.drop(planned.index)
+    waiting = [f"{len(planned)} trials of sweep files not started (or not committed): {', '.join(planned['run'])}"
+               ] if len(planned) else []  # fmt: skip
     if runs.empty:
-        return ["no run directories (config.json + history.csv) found"]
+        return ["no run directories (config.json + history.csv) found"] + waiting
     cpu = runs["cpu"] if "cpu" in runs else pd.Series("?", index=runs.index)
     hw = runs.groupby([runs["hostname"].fillna("?"), runs["device"].fillna("?"), cpu.fillna("?")]).size()
     w, statuses = runs["wall_s"].astype(float), runs["status"].where(~runs["diverged"], "diverged").value_counts()
@@ -113,7 +132,7 @@ def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
              f"{len(runs)} runs ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
              + (f"; {int(runs['duplicate'].sum())} duplicate run dirs ignored" if runs["duplicate"].any() else ""),
              f"wall-clock per run: min {_dur(w.min())}, median {_dur(w.median())}, max {_dur(w.max())}; sum {_dur(w.sum())}",
-             f"rounds computed: {int(runs['rounds_done'].sum())}"]  # fmt: skip
+             f"rounds computed: {int(runs['rounds_done'].sum())}"] + waiting  # fmt: skip
     # Group runs by the sweep that made them (the nearest folder with a sweep log), else results_dir.
     groups: dict[Path, list[int]] = {}
     for i, p in zip(runs.index, runs["path"]):

@@ -137,6 +137,38 @@ def test_a_trial_still_running_is_reported_as_unfinished(tmp_path):
     assert summarize(load_results(tmp_path)).iloc[0]["unfinished"] == 0
 
 
+def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp_path):
+    from fedray.sweep import _write_sweep_json
+    from fedray.sweep_file import expand, trial_key
+
+    spec = {"name": "half", "model": "2nn", "partition": "iid", "C": 0.1, "E": 1, "B": 10,
+            "lr": {"values": [0.05, 0.1, 0.2]}, "target": 0.97, "max_rounds": 10, "workers": 0}  # fmt: skip
+    sweep, storage = expand(spec), tmp_path / "half"
+    done = next(c for c in sweep.trials if c.lr == 0.1)  # the one trial that finished and was committed
+    d = storage / "trials" / trial_key(done)
+    storage.mkdir()
+    _write_sweep_json(storage, sweep, spec)
+    half = summarize(load_results(tmp_path)).iloc[0]  # nothing run yet: no best rate to flag at an edge
+    assert half["unfinished"] == 3 and np.isnan(half["rounds"]) and half["edge"] == ""
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(done.to_dict()))
+    pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.9, 0.96, 0.98], "test_loss": 0.1}).to_csv(d / "history.csv")
+    (d / "summary.json").write_text(json.dumps({"status": "reached", "rounds_completed": 3, "wall_s": 1.5}))
+    runs = load_results(tmp_path)
+    assert sorted(runs["status"]) == ["not started", "not started", "reached"]
+    s = summarize(runs).iloc[0]
+    # Reached at 2 + 0.01/0.02 = 2.5 rounds, mid-grid; the two rates not run yet may still beat it.
+    assert s["best_lr"] == 0.1 and s["rounds"] == pytest.approx(2.5) and s["grid"] == [0.05, 0.1, 0.2]
+    assert s["unfinished"] == 2 and s["edge"] == "" and s["n_trials"] == 3
+    t1 = paper_cells(runs)["table1"]
+    assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (2 trials unfinished)"]
+    lines = run_summary(runs, tmp_path)
+    assert lines[1] == "1 runs (reached 1)" and lines[-2].startswith("2 trials of sweep files not started")
+    assert lines[-1] == f"{tmp_path}: 1 runs, wall-clock sum 1.5 s, 3 rounds"  # the not-started add nothing
+    info = main_report(tmp_path, tmp_path / "out")  # figures draw the empty curves without failing
+    assert "grid_2nn_iid_C0.1_E1_B10_t0.97.png" in info["figures"] and "(2 trials unfinished)" in info["markdown"]
+
+
 def test_a_trial_found_twice_counts_once(tmp_path):
     _run(tmp_path, "copy", 0.1, [0.96])  # the same (setting, lr, seed), stopped after 1 round
     _run(tmp_path, "long", 0.1, [0.96, 0.98])  # ... and run to 2 rounds: this one is kept (1.5)
