@@ -98,9 +98,10 @@ def run_fused(
                     record_row(outs[i], histories[i], fresh=len(histories[i]) == 1)
                     if t % checkpoint_every == 0:
                         save_checkpoint(outs[i], states[i], histories[i])
+                stop = diverged(histories[i], cfgs[i].collapse_rounds)
                 if on_row is not None:
-                    on_row(i, row)
-                if diverged(histories[i], cfgs[i].collapse_rounds):
+                    on_row(i, {**row, "diverged": stop})
+                if stop:
                     status[i] = "diverged"
                     active.remove(i)
             train_s = 0.0

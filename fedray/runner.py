@@ -212,9 +212,10 @@ def run_rounds(
                 fresh = False
                 if t % checkpoint_every == 0:
                     save_checkpoint(out, state, history)
-            if on_row is not None:
-                on_row(row)
-            if diverged(history, cfg.collapse_rounds):
+            stop = diverged(history, cfg.collapse_rounds)
+            if on_row is not None:  # listeners (Tune) learn of a stop on its row; history.csv does not hold it
+                on_row({**row, "diverged": stop})
+            if stop:
                 status = "diverged"
                 break
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -87,8 +86,7 @@ def _trainable(config: dict[str, Any]) -> None:
     resume = (out / "checkpoint.pt").exists()
 
     def on_row(row: dict) -> None:
-        metrics = {k: v for k, v in row.items() if v != ""}
-        metrics["diverged"] = not math.isfinite(row["test_loss"])
+        metrics = {k: v for k, v in row.items() if v != ""}  # "diverged": the run stops here as diverged
         metrics["round_s"] = row["train_s"] + row["eval_s"]
         tune.report(metrics)
 
@@ -124,9 +122,7 @@ def _fused_trainable(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["runtime"]["worker_cpus"])))
 
     def on_row(i: int, row: dict) -> None:
-        metrics = {k: v for k, v in row.items() if v != ""}
-        metrics["diverged"] = not math.isfinite(row["test_loss"])
-        tune.report(metrics)
+        tune.report({k: v for k, v in row.items() if v != ""})
 
     run_fused(cfgs, [Path(o) for o in config["trial"]["outs"]], device="cuda" if ray.get_gpu_ids() else "cpu",
               on_row=on_row, meta={"sweep": config["name"]})  # fmt: skip
