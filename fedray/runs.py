@@ -119,8 +119,10 @@ def _cpu(c: str) -> str:
 def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
     """Hardware, wall-clock and rounds computed; spans come from recorded timestamps only (sweep
     logs, meta), never file times, so the same results give the same report on any checkout."""
-    planned = runs[runs["status"] == NOT_STARTED] if len(runs) else runs
-    runs = runs.drop(planned.index)
+    planned = runs
+    if len(runs):  # trials a sweep.json lists without a run dir, unless they ran elsewhere (duplicate)
+        planned = runs[runs["status"].eq(NOT_STARTED) & ~runs["duplicate"]]
+        runs = runs[runs["status"].ne(NOT_STARTED)]
     waiting = [f"{len(planned)} trials of sweep files not started (or not committed): {', '.join(planned['run'])}"
                ] if len(planned) else []  # fmt: skip
     if runs.empty:

@@ -167,6 +167,10 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     assert lines[-1] == f"{tmp_path}: 1 runs, wall-clock sum 1.5 s, 3 rounds"  # the not-started add nothing
     info = main_report(tmp_path, tmp_path / "out")  # figures draw the empty curves without failing
     assert "grid_2nn_iid_C0.1_E1_B10_t0.97.png" in info["figures"] and "(2 trials unfinished)" in info["markdown"]
+    _run(tmp_path, "elsewhere", 0.2, [0.9, 0.95])  # 0.2 ran outside the sweep's folder: not missing
+    runs = load_results(tmp_path)
+    assert summarize(runs).iloc[0]["unfinished"] == 1
+    assert run_summary(runs, tmp_path)[4] == f"1 trials of sweep files not started (or not committed): half/trials/{trial_key(sweep.trials[0])}"
 
 
 def test_a_trial_found_twice_counts_once(tmp_path):
