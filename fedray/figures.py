@@ -124,6 +124,11 @@ def grid_figures(runs: pd.DataFrame, settings: pd.DataFrame) -> dict[str, Figure
                         ls="-" if j == 0 else ":", label=f"η={lr:g}: {what}" if j == 0 else None)  # fmt: skip
         ax.axhline(s["target"], color="grey", lw=1)
         ax.set_ylim(max(0.0, s["target"] - 0.2), 1.0)
+        if not any(len(runs.loc[i, "history"]) for ids in s["trials"].values() for i in ids):
+            # A sweep published before any trial of this setting evaluated a round: say so, rather
+            # than draw an empty frame around round 0 (matplotlib's default x range is -0.05..0.05).
+            ax.set_xlim(0, 1)
+            ax.text(0.5, 0.5, "no rounds recorded yet", transform=ax.transAxes, ha="center", va="center")
         flag = f" — best η: {s['edge']}" if s["edge"] else ""
         ax.set_title(f"{s['model'].upper()} {s['partition']} {short_label(s)}{flag}", fontsize=9)
         ax.set(xlabel="communication rounds", ylabel="test accuracy")

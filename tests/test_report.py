@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from fedray import paper as P
+from fedray.figures import grid_figures
 from fedray.report import (best_lr, run_summary, edge_flag, load_results, main_report, monotone, paper_cells, rounds_to_target,
                            settings_table, summarize, u_of)  # fmt: skip
 
@@ -148,8 +149,11 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     d = storage / "trials" / trial_key(done)
     storage.mkdir()
     _write_sweep_json(storage, sweep, spec)
-    half = summarize(load_results(tmp_path)).iloc[0]  # nothing run yet: no best rate to flag at an edge
+    runs = load_results(tmp_path)
+    half = summarize(runs).iloc[0]  # nothing run yet: no best rate to flag at an edge
     assert half["unfinished"] == 3 and np.isnan(half["rounds"]) and half["edge"] == ""
+    ax = grid_figures(runs, summarize(runs))["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
+    assert ax.get_xlim() == (0, 1) and [t.get_text() for t in ax.texts] == ["no rounds recorded yet"]
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(done.to_dict()))
     pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.9, 0.96, 0.98], "test_loss": 0.1}).to_csv(d / "history.csv")
@@ -162,6 +166,8 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     assert s["unfinished"] == 2 and s["edge"] == "" and s["n_trials"] == 3
     t1 = paper_cells(runs)["table1"]
     assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (2 trials unfinished)"]
+    ax = grid_figures(runs, summarize(runs))["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
+    assert len(ax.texts) == 0 and ax.get_xlim()[1] >= 3  # the one history drawn, rounds 1 to 3
     lines = run_summary(runs, tmp_path)
     assert lines[1] == "1 runs (reached 1)" and lines[-2].startswith("2 trials of sweep files not started")
     assert lines[-1] == f"{tmp_path}: 1 runs, wall-clock sum 1.5 s, 3 rounds"  # the not-started add nothing
