@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -174,44 +176,18 @@ def run_sweep(
     _write_sweep_json(storage, sweep, source)
     started = time.time()
     log = storage / "sweep_runs.jsonl"
-    # Logged now as well as at the end: a sweep longer than a sitting is killed, not ended, and
+    # Logged now as well as at the end: a sweep longer than a sitting may be killed, not ended, and
     # the report's span for it still starts at its first sitting.
     _append_line(log, {"started": started, "trials_to_run": len(todo)})
     print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished, {len(todo)} to run")
-    if todo:
-        import ray
-        from ray import tune
-
-        if not ray.is_initialized():
-            ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard,
-                     log_to_driver=False)  # fmt: skip
-        trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles(sweep.runtime)))
-        entries, names = _grid_search(todo, sweep.runtime["fuse_lr"])
-        keys = {json.dumps(e, sort_keys=True): n for e, n in zip(entries, names)}
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "trial": tune.grid_search(entries),
-                "runtime": sweep.runtime,
-                "name": sweep.name,
-            },
-            tune_config=tune.TuneConfig(
-                trial_name_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
-                trial_dirname_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
-            ),
-            run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"),
-                storage_path=str(storage / "tune"),
-                failure_config=tune.FailureConfig(max_failures=2),
-                verbose=0,  # Tune's per-trial config tables drown the progress; ours is one line a trial
-                callbacks=[_progress_callback(len(todo))],
-            ),
-        )
-        tuner.fit()
-    wall = time.time() - started
-    rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
-    _append_line(log, {"started": started, "wall_s": wall, "trials_run": len(todo)})
-    unfinished = [r for r in rows if r["status"] not in FINISHED]
+    try:
+        if todo:
+            _fit(sweep, storage, todo, address, dashboard)
+    finally:  # also after a second Ctrl-C aborts Tune: the report dates this sitting by its end line
+        wall = time.time() - started
+        rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
+        unfinished = [r for r in rows if r["status"] not in FINISHED]
+        _append_line(log, {"started": started, "wall_s": wall, "trials_run": len(todo), "unfinished": len(unfinished)})
     print(f"sweep {sweep.name}: {len(todo)} trials run in {wall:.0f} s; results in {storage}")
     for r in rows:
         rtt = "—" if r["rounds_to_target"] is None else f"{r['rounds_to_target']:.1f}"
@@ -220,6 +196,46 @@ def run_sweep(
         n = len(unfinished)
         print(f"{n} trial{'s' if n != 1 else ''} did not finish; run again with --resume", file=sys.stderr)
     return {"wall_s": wall, "trials": rows, "unfinished": len(unfinished)}
+
+
+def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard: bool) -> None:
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard,
+                 log_to_driver=False)  # fmt: skip
+    trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles(sweep.runtime)))
+    entries, names = _grid_search(todo, sweep.runtime["fuse_lr"])
+    keys = {json.dumps(e, sort_keys=True): n for e, n in zip(entries, names)}
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "trial": tune.grid_search(entries),
+            "runtime": sweep.runtime,
+            "name": sweep.name,
+        },
+        tune_config=tune.TuneConfig(
+            trial_name_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
+            trial_dirname_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
+        ),
+        run_config=tune.RunConfig(
+            name=time.strftime("%Y%m%d-%H%M%S"),
+            storage_path=str(storage / "tune"),
+            failure_config=tune.FailureConfig(max_failures=2),
+            verbose=0,  # Tune's per-trial config tables drown the progress; ours is one line a trial
+            callbacks=[_progress_callback(len(todo))],
+        ),
+    )
+    # SIGTERM (`ray job stop`, a batch scheduler's preemption, kill) stops the sweep as Ctrl-C does:
+    # Tune's SIGINT handler stops the trials and fit() returns, so the sitting's end is logged.
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT)) if main else None
+    try:
+        tuner.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _append_line(log: Path, entry: dict[str, Any]) -> None:

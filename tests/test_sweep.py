@@ -145,9 +145,33 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
         assert list(h["round"]) == list(range(1, len(h) + 1))
     # The killed sitting is dated by the line it wrote at its start; the resumed one by two.
     log = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
-    assert [sorted(e) for e in log] == [["started", "trials_to_run"]] * 2 + [["started", "trials_run", "wall_s"]]
+    assert [sorted(e) for e in log] == [["started", "trials_to_run"]] * 2 + [["started", "trials_run", "unfinished", "wall_s"]]
     assert log[0]["trials_to_run"] == 4 and log[1]["started"] == log[2]["started"] > log[0]["started"]
-    assert log[2]["trials_run"] == len(todo) and log[2]["wall_s"] > 0
+    assert log[2]["trials_run"] == len(todo) and log[2]["wall_s"] > 0 and log[2]["unfinished"] == 0
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_logs_the_sittings_end(tmp_path):
+    # What `ray job stop` or a batch scheduler sends: Tune stops the trials, the sweep logs its end.
+    spec = {**TINY, "partition": "iid", "lr": {"values": [0.001]}, "max_rounds": 10_000}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    storage = tmp_path / "s"
+    proc = subprocess.Popen([sys.executable, "-m", "fedray.cli", "sweep", str(f), "--storage", str(storage)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    history = storage / "trials" / trial_key(expand(spec).trials[0]) / "history.csv"
+    deadline = time.time() + 120
+    try:
+        while not (history.exists() and len(history.read_text().splitlines()) > 3) and time.time() < deadline:
+            time.sleep(0.2)
+        assert time.time() < deadline, "the trial evaluated no round before the deadline"
+        os.kill(proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler would
+        err = proc.communicate(timeout=90)[1]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 1 and "1 trial did not finish; run again with --resume" in err
+    start, end = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
+    assert end["started"] == start["started"] and end["unfinished"] == 1 and end["wall_s"] > 0
+    assert len(plan(load_sweep(f), storage, resume=True)) == 1  # resumable, nothing lost
 
 
 def test_trials_with_driver_and_worker_actors_queue_without_hanging(local_ray, tmp_path):
