@@ -140,8 +140,10 @@ def test_stacked_equals_one_client_at_a_time(E, B):
 @pytest.mark.parametrize("E,B", [(1, 10), (2, 7), (1, math.inf)])
 def test_cnn_split_equals_autograd(E, B):
     """The CNN's default path (dense layers by hand) against plain autograd. Each single step
-    agrees to float rounding; over many steps a ReLU or max-pool input within rounding of a tie
-    can route one gradient differently, so whole schedules are held to a looser bound."""
+    agrees to float32 rounding. Over whole schedules a ReLU or max-pool input within float32
+    rounding of a tie can route one gradient differently, and where that happens depends on the
+    CPU's kernels (0.24% on an AVX-512 Xeon for E=2, B=7, under 0.1% with AVX2), so whole
+    schedules are compared in float64, where both paths agree to ~1e-14 on either."""
     torch.manual_seed(0)
     x, y = torch.rand(50, 1, 28, 28), torch.randint(0, 10, (50,))
     parts = [np.arange(0, 20), np.arange(20, 50)]
@@ -149,13 +151,14 @@ def test_cnn_split_equals_autograd(E, B):
     lrs = [0.05, 0.02]
     w = models.init_params("cnn", 0)
     steps = [[b] for s in scheds for b in s]  # every minibatch (sizes 10, 7, 6, 2, 20, 30) alone
-    for tol, sch, lr in ((1e-4, steps, [0.05] * len(steps)), (1e-3, scheds, lrs)):
-        ref = train_models("cnn", w, x, y, sch, lr, method="sequential")
-        fast = train_models("cnn", w, x, y, sch, lr)  # auto: split
-        for k in w:
+    w64, x64 = {k: v.double() for k, v in w.items()}, x.double()
+    for tol, w0, x0, sch, lr in ((1e-4, w, x, steps, [0.05] * len(steps)), (1e-10, w64, x64, scheds, lrs)):
+        ref = train_models("cnn", w0, x0, y, sch, lr, method="sequential")
+        fast = train_models("cnn", w0, x0, y, sch, lr)  # auto: split
+        for k in w0:
             assert fast[k].shape == ref[k].shape and fast[k].is_contiguous(), k
-            # The difference, as a share of how far autograd moved the layer from w.
-            rel = (fast[k] - ref[k]).norm() / (ref[k] - w[k]).norm()
+            # The difference, as a share of how far autograd moved the layer from w0.
+            rel = (fast[k] - ref[k]).norm() / (ref[k] - w0[k]).norm()
             assert rel < tol, (k, float(rel))
     with pytest.raises(ValueError, match="split"):
         train_models("2nn", models.init_params("2nn", 0), x, y, scheds, lrs, method="split")
