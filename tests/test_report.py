@@ -150,9 +150,10 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     storage.mkdir()
     _write_sweep_json(storage, sweep, spec)
     runs = load_results(tmp_path)
-    half = summarize(runs).iloc[0]  # nothing run yet: no best rate to flag at an edge
+    summary = summarize(runs)
+    half = summary.iloc[0]  # nothing run yet: no best rate to flag at an edge
     assert half["unfinished"] == 3 and np.isnan(half["rounds"]) and half["edge"] == ""
-    ax = grid_figures(runs, summarize(runs))["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
+    ax = grid_figures(runs, summary)["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
     assert ax.get_xlim() == (0, 1) and [t.get_text() for t in ax.texts] == ["no rounds recorded yet"]
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(done.to_dict()))
@@ -160,13 +161,14 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     (d / "summary.json").write_text(json.dumps({"status": "reached", "rounds_completed": 3, "wall_s": 1.5}))
     runs = load_results(tmp_path)
     assert sorted(runs["status"]) == ["not started", "not started", "reached"]
-    s = summarize(runs).iloc[0]
+    summary = summarize(runs)
+    s = summary.iloc[0]
     # Reached at 2 + 0.01/0.02 = 2.5 rounds, mid-grid; the two rates not run yet may still beat it.
     assert s["best_lr"] == 0.1 and s["rounds"] == pytest.approx(2.5) and s["grid"] == [0.05, 0.1, 0.2]
     assert s["unfinished"] == 2 and s["edge"] == "" and s["n_trials"] == 3
     t1 = paper_cells(runs)["table1"]
     assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (2 trials unfinished)"]
-    ax = grid_figures(runs, summarize(runs))["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
+    ax = grid_figures(runs, summary)["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
     assert len(ax.texts) == 0 and ax.get_xlim()[1] >= 3  # the one history drawn, rounds 1 to 3
     lines = run_summary(runs, tmp_path)
     assert lines[1] == "1 runs (reached 1)" and lines[-2].startswith("2 trials of sweep files not started")

@@ -167,7 +167,8 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_logs_the_sittings_end(tmp_path
         os.kill(proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler would
         err = proc.communicate(timeout=90)[1]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1 and "1 trial did not finish; run again with --resume" in err
     start, end = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
     assert end["started"] == start["started"] and end["unfinished"] == 1 and end["wall_s"] > 0
