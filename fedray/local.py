@@ -15,7 +15,7 @@ from .client import Schedule, evaluate, train_models
 from .config import ExperimentConfig
 from .fedavg import ServerState
 from .partition import make_partition
-from .runner import RunResult, load_checkpoint, prepare_run_dir, run_rounds, write_config
+from .runner import RunResult, load_checkpoint, note_resumed, prepare_run_dir, run_rounds, write_config
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ def run_local(
     history = None
     if resume:
         state, history = load_checkpoint(out, dev)
+        note_resumed(out, state.round, str(dev))
     else:
         state = initial_state(cfg, dev)
         if out is not None:

@@ -24,7 +24,7 @@ from .curves import rounds_to_target
 from .fedavg import ServerState
 from .local import Data, initial_state, load_data
 from .partition import make_partition
-from .runner import RunResult, load_checkpoint, prepare_run_dir, run_rounds, write_config, write_summary
+from .runner import RunResult, load_checkpoint, note_resumed, prepare_run_dir, run_rounds, write_config, write_summary
 
 HEAD_CPUS = 0.05  # the trial/driver share, carved out of the first worker's CPUs (see bundles)
 
@@ -108,6 +108,7 @@ class Driver:
         self.n_test, self.n_train = len(ray.get(arrays[3])), len(labels)
         if resume:
             self.state, self.history = load_checkpoint(self.out)
+            note_resumed(self.out, self.state.round, ",".join(sorted({i["device"] for i in self.info})))
         else:
             self.state, self.history = initial_state(cfg, "cpu"), []
             if self.out is not None:

@@ -98,6 +98,16 @@ def write_config(out: Path, cfg: ExperimentConfig, meta: dict[str, Any]) -> None
     atomic_write(Path(out) / "config.json", json.dumps({**cfg.to_dict(), "meta": meta}, indent=2))
 
 
+def note_resumed(out: Path, round: int, device: str) -> None:
+    """A run resumed from its checkpoint may go on on another machine: config.json keeps the first
+    sitting's hardware and gains an entry per resumption, so its wall-clock stays attributable."""
+    p = Path(out) / "config.json"
+    d = json.loads(p.read_text())
+    entry = {"round": round, "hostname": platform.node(), "cpu": cpu_name(), "device": device, "at": time.time()}
+    d.setdefault("meta", {}).setdefault("resumed", []).append(entry)
+    atomic_write(p, json.dumps(d, indent=2))
+
+
 def save_checkpoint(out: Path, state: ServerState, history: list[dict]) -> None:
     buf = io.BytesIO()
     torch.save({"round": state.round, "w": {k: v.cpu() for k, v in state.w.items()}, "history": history}, buf)

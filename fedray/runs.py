@@ -96,10 +96,17 @@ def _row(cfg: dict, h: pd.DataFrame, summ: dict, d: Path, root: Path) -> dict:
                path=str(d), run=d.relative_to(root).as_posix(), history=h,
                rounds_done=int(summ.get("rounds_completed", h["round"].iloc[-1] if len(h) else 0)),
                wall_s=float(summ.get("wall_s", h["elapsed_s"].iloc[-1] if len(h) else math.nan)),
-               hostname=meta.get("hostname"), cpu=meta.get("cpu"), device=",".join(map(str, dev)) if isinstance(dev, list) else dev,
+               hostname=meta.get("hostname"), cpu=_cpus(meta), device=",".join(map(str, dev)) if isinstance(dev, list) else dev,
                started=_ts(meta.get("started", summ.get("started"))),
                finished=_ts(meta.get("finished", summ.get("finished"))))  # fmt: skip
     return row
+
+
+def _cpus(meta: dict) -> str | None:
+    """The CPU of the first sitting, then any other CPU a resumption ran on, in order."""
+    first, later = meta.get("cpu"), [r.get("cpu") for r in meta.get("resumed", [])]
+    others = list(dict.fromkeys(c for c in later if c and c != first))
+    return first if not others else f"{first or '?'}, resumed on {' and '.join(others)}"
 
 
 def _dur(s: float) -> str:

@@ -293,3 +293,14 @@ def test_notebook_runs_on_a_results_dir(results, tmp_path, monkeypatch):
 def test_run_summary_names_the_cpu_the_runs_were_timed_on(tmp_path):
     _run(tmp_path, "x", 0.1, [0.98], meta={"hostname": "h", "device": "cpu", "cpu": "AMD EPYC, 2 CPUs"})
     assert "hardware: h (cpu; AMD EPYC, 2 CPUs): 1 runs" in run_summary(load_results(tmp_path), tmp_path)[0]
+
+
+def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
+    resumed = [{"round": 10, "cpu": "Intel Xeon, 2 CPUs"}, {"round": 20, "cpu": "AMD EPYC, 2 CPUs"},
+               {"round": 30, "cpu": "Intel Xeon, 2 CPUs"}]  # fmt: skip
+    _run(tmp_path, "x", 0.1, [0.98], meta={"hostname": "h", "device": "cpu", "cpu": "AMD EPYC, 2 CPUs", "resumed": resumed})
+    _run(tmp_path, "y", 0.2, [0.98], meta={"hostname": "h", "device": "cpu", "cpu": "AMD EPYC, 2 CPUs",
+                                           "resumed": [{"round": 5, "cpu": "AMD EPYC, 2 CPUs"}]})  # fmt: skip
+    line = run_summary(load_results(tmp_path), tmp_path)[0]
+    assert "h (cpu; AMD EPYC, 2 CPUs): 1 runs" in line  # resumed on the same CPU: nothing to add
+    assert "h (cpu; AMD EPYC, 2 CPUs, resumed on Intel Xeon, 2 CPUs): 1 runs" in line

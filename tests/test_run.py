@@ -83,6 +83,8 @@ def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     r = fedray("run", "--resume", str(out), "--no-progress", "--workers", "0")
     assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "config.json").read_text())["meta"]  # the second sitting is on record
+    assert [(e["round"], e["cpu"], e["device"]) for e in meta["resumed"]] == [(len(h), meta["cpu"], "cpu")]
     resumed = pd.read_csv(out / "history.csv")
     full = run_local(ExperimentConfig(dataset="synthetic", K=10, C=0.5, lr=0.05, rounds=400), data=synthetic_data())
     assert list(resumed["round"]) == list(range(1, 401))
