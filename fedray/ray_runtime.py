@@ -106,13 +106,14 @@ class Driver:
         labels = ray.get(arrays[1])
         self.partition = make_partition(cfg.partition, labels, cfg.K, cfg.seed, cfg.alpha)
         self.n_test, self.n_train = len(ray.get(arrays[3])), len(labels)
+        devices = ",".join(sorted({i["device"] for i in self.info}))
         if resume:
             self.state, self.history = load_checkpoint(self.out)
-            note_resumed(self.out, self.state.round, ",".join(sorted({i["device"] for i in self.info})))
+            note_resumed(self.out, self.state.round, devices)
         else:
             self.state, self.history = initial_state(cfg, "cpu"), []
             if self.out is not None:
-                meta = {**meta, "device": ",".join(sorted({i["device"] for i in self.info})),
+                meta = {**meta, "device": devices,
                         "runtime": {**meta.get("runtime", {}), "nodes": sorted({i["node"] for i in self.info})}}  # fmt: skip
                 write_config(self.out, cfg, meta)
         self.rows: list[dict] = []
