@@ -151,14 +151,21 @@ def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
         r = runs.loc[idx]
         starts, ends = list(r["started"].dropna()), list(r["finished"].dropna())
         log = home / "sweep_runs.jsonl"
+        sittings: dict[float, float] = {}  # sweep invocation start -> its wall-clock (nan: killed, no end line)
         for line in log.read_text().splitlines() if log.exists() else []:
             e = json.loads(line) if line.strip() else {}
             if np.isfinite(_ts(e.get("started"))):
                 starts.append(_ts(e["started"]))
                 ends.append(_ts(e["started"]) + float(e.get("wall_s", 0)))
+                if "wall_s" in e or _ts(e["started"]) not in sittings:
+                    sittings[_ts(e["started"])] = float(e.get("wall_s", math.nan))
         name = home.relative_to(results_dir).as_posix() if home != results_dir else str(results_dir)
         t0, t1 = (min(starts), max(ends)) if starts and ends else (math.nan, math.nan)
         span = f"; span {_when(t0)} to {_when(t1)} ({_dur(t1 - t0)})" if np.isfinite(t1 - t0) else ""
+        if len(sittings) > 1:  # a span across days of idle machine is not what the sweep cost
+            ended = [w for w in sittings.values() if np.isfinite(w)]
+            span += f" over {len(sittings)} sittings, " + (
+                f"{len(ended)} of which logged an end ({_dur(sum(ended))} in all)" if ended else "none of which logged an end")
         wall, done = _dur(r["wall_s"].sum()), int(r["rounds_done"].sum())
         lines.append(f"{name}: {len(r)} runs, wall-clock sum {wall}, {done} rounds{span}")
     return lines

@@ -304,3 +304,17 @@ def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
     line = run_summary(load_results(tmp_path), tmp_path)[0]
     assert "h (cpu; AMD EPYC, 2 CPUs): 1 runs" in line  # resumed on the same CPU: nothing to add
     assert "h (cpu; AMD EPYC, 2 CPUs, resumed on Intel Xeon, 2 CPUs): 1 runs" in line
+
+
+def test_a_sweep_over_several_sittings_says_so(tmp_path):
+    _run(tmp_path, "sw/x", 0.1, [0.98])
+    t = 1.7e9  # 2023-11-14 22:13:20 UTC
+    log = [{"started": t, "trials_to_run": 1},  # killed: no end line
+           {"started": t + 86400, "trials_to_run": 1}, {"started": t + 86400, "wall_s": 600.0},
+           {"started": t + 2 * 86400, "wall_s": 300.0}]  # an older log with only the end line  # fmt: skip
+    (tmp_path / "sw" / "sweep_runs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    line = run_summary(load_results(tmp_path), tmp_path)[-1]
+    assert line.endswith("span 2023-11-14 22:13 UTC to 2023-11-16 22:18 UTC (48.1 h) over 3 sittings, "
+                         "2 of which logged an end (15.0 min in all)")  # 2 days + 300 s; 600 + 300 s
+    (tmp_path / "sw" / "sweep_runs.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log[:2]))
+    assert run_summary(load_results(tmp_path), tmp_path)[-1].endswith("over 2 sittings, none of which logged an end")
