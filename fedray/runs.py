@@ -149,16 +149,15 @@ def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
         groups.setdefault(home, []).append(i)
     for home, idx in sorted(groups.items()):
         r = runs.loc[idx]
-        starts, ends = list(r["started"].dropna()), list(r["finished"].dropna())
         log = home / "sweep_runs.jsonl"
         sittings: dict[float, float] = {}  # sweep invocation start -> its wall-clock (nan: killed, no end line)
         for line in log.read_text().splitlines() if log.exists() else []:
             e = json.loads(line) if line.strip() else {}
-            if np.isfinite(_ts(e.get("started"))):
-                starts.append(_ts(e["started"]))
-                ends.append(_ts(e["started"]) + float(e.get("wall_s", 0)))
-                if "wall_s" in e or _ts(e["started"]) not in sittings:
-                    sittings[_ts(e["started"])] = float(e.get("wall_s", math.nan))
+            t = _ts(e.get("started"))
+            if np.isfinite(t) and ("wall_s" in e or t not in sittings):
+                sittings[t] = float(e.get("wall_s", math.nan))
+        starts = list(r["started"].dropna()) + list(sittings)
+        ends = list(r["finished"].dropna()) + [t + (w if np.isfinite(w) else 0.0) for t, w in sittings.items()]
         name = home.relative_to(results_dir).as_posix() if home != results_dir else str(results_dir)
         t0, t1 = (min(starts), max(ends)) if starts and ends else (math.nan, math.nan)
         span = f"; span {_when(t0)} to {_when(t1)} ({_dur(t1 - t0)})" if np.isfinite(t1 - t0) else ""
