@@ -24,8 +24,8 @@ from .curves import rounds_to_target
 from .fedavg import ServerState, aggregate, round_schedules
 from .local import Data, initial_state, load_data, make_evaluate
 from .partition import make_partition
-from .runner import (RunResult, _history_csv, atomic_write, diverged, prepare_run_dir, record_row,
-                     save_checkpoint, write_config, write_summary)
+from .runner import (CHECKPOINT_S, RunResult, _history_csv, atomic_write, diverged, prepare_run_dir,
+                     record_row, save_checkpoint, write_config, write_summary)
 
 
 def check_fusable(cfgs: Sequence[ExperimentConfig]) -> None:
@@ -67,6 +67,7 @@ def run_fused(
             write_config(o, c, {"device": str(data.train_x.device), "runtime": {"engine": "fused", "lrs": L}, **(meta or {})})
     per_round_bytes = cfg0.m * models.nbytes(w0)
     t0, train_s = time.perf_counter(), 0.0
+    saved_at = t0
     try:
         for t in range(1, cfg0.rounds + 1):
             active = [i for i in active if not _stopped(cfgs[i], reached[i], t - 1)]
@@ -84,6 +85,7 @@ def run_fused(
             train_s += time.perf_counter() - ts
             if t % cfg0.eval_every and t != cfg0.rounds:
                 continue
+            save = t % checkpoint_every == 0 or time.perf_counter() - saved_at >= CHECKPOINT_S
             for i in list(active):
                 te = time.perf_counter()
                 mt = evaluate(states[i].w, cfg0.train_loss)
@@ -96,7 +98,7 @@ def run_fused(
                     reached[i] = t
                 if outs is not None:
                     record_row(outs[i], histories[i], fresh=len(histories[i]) == 1)
-                    if t % checkpoint_every == 0:
+                    if save:
                         save_checkpoint(outs[i], states[i], histories[i])
                 stop = diverged(histories[i], cfgs[i].collapse_rounds)
                 if on_row is not None:
@@ -105,6 +107,7 @@ def run_fused(
                     status[i] = "diverged"
                     active.remove(i)
             train_s = 0.0
+            saved_at = time.perf_counter() if save else saved_at
     except KeyboardInterrupt:
         status = ["interrupted" if s == "completed" else s for s in status]
     results = []

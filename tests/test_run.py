@@ -123,6 +123,36 @@ def test_ctrl_c_during_round_14_saves_round_13_or_14_whole_and_resume_fills_the_
     assert resumed["test_accuracy"].tolist() == pytest.approx([t / 100 for t in range(1, 21)])
 
 
+@pytest.mark.parametrize("checkpoint_s, saved", [(float("inf"), 10), (0.0, 13)])
+def test_a_run_killed_without_warning_resumes_from_its_last_timed_checkpoint(tmp_path, checkpoint_s, saved):
+    # Tune stopping a trial, or a preempted node, kills the process mid-run: no except clause runs
+    # and only checkpoints already written survive. They come every checkpoint_every (10) rounds,
+    # and also once checkpoint_s seconds have passed (0 here: every evaluated round). w_t = t.
+    cfg = ExperimentConfig(K=4, C=0.5, rounds=20, target=1.0)
+    parts = [np.arange(k * 5, k * 5 + 5) for k in range(4)]
+
+    def train(w, schedules, lrs):
+        return {"w": torch.stack([w["w"] + 1] * len(schedules))}
+
+    def evaluate(w, with_train_loss):
+        return {"test_accuracy": w["w"].item() / 100, "test_loss": 1.0}
+
+    def killed_at_13(row):
+        if row["round"] == 13:
+            raise SystemExit  # what a kill looks like to run_rounds: nothing it handles
+
+    with pytest.raises(SystemExit):
+        run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), out=tmp_path,
+                   checkpoint_s=checkpoint_s, on_row=killed_at_13)  # fmt: skip
+    assert not (tmp_path / "summary.json").exists()
+    state, history = load_checkpoint(tmp_path)
+    assert state.round == saved and state.w["w"].item() == saved
+    assert [h["round"] for h in history] == list(range(1, saved + 1))
+    r = run_rounds(cfg, parts, train, evaluate, state, history=history, out=tmp_path)
+    assert r.status == "completed" and r.state.w["w"].item() == 20
+    assert pd.read_csv(tmp_path / "history.csv")["round"].tolist() == list(range(1, 21))
+
+
 @pytest.mark.parametrize(
     "accuracy, collapse_rounds, status, last_round",
     [
