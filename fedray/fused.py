@@ -24,7 +24,7 @@ from .curves import rounds_to_target
 from .fedavg import ServerState, aggregate, round_schedules
 from .local import Data, initial_state, load_data, make_evaluate
 from .partition import make_partition
-from .runner import (CHECKPOINT_S, RunResult, _history_csv, atomic_write, diverged, prepare_run_dir,
+from .runner import (RunResult, _history_csv, atomic_write, checkpoint_due, diverged, prepare_run_dir,
                      record_row, save_checkpoint, write_config, write_summary)
 
 
@@ -85,7 +85,7 @@ def run_fused(
             train_s += time.perf_counter() - ts
             if t % cfg0.eval_every and t != cfg0.rounds:
                 continue
-            save = t % checkpoint_every == 0 or time.perf_counter() - saved_at >= CHECKPOINT_S
+            save = checkpoint_due(t, checkpoint_every, saved_at)
             for i in list(active):
                 te = time.perf_counter()
                 mt = evaluate(states[i].w, cfg0.train_loss)
