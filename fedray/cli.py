@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--worker-cpus: got {args.worker_cpus}; allowed: a number > 0")
     if not (0 <= args.worker_gpus <= 1 or float(args.worker_gpus).is_integer()):
         raise ConfigError(f"--worker-gpus: got {args.worker_gpus}; allowed: a fraction in [0, 1] or a whole number")
-    from .runner import prepare_run_dir
+    from .runner import prepare_run_dir, sigterm_as_ctrl_c
 
     prepare_run_dir(out, force=args.force, resume=bool(args.resume))
     from tqdm import tqdm
@@ -104,17 +104,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update(row["round"] - bar.n)
         bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", s_per_round=f"{row['train_s'] + row['eval_s']:.2f}")
 
-    if args.workers == 0:
-        from .local import run_local
+    with sigterm_as_ctrl_c():  # `ray job stop` or a scheduler's kill keeps the last round, as Ctrl-C does
+        if args.workers == 0:
+            from .local import run_local
 
-        result = run_local(cfg, out, device=args.device, resume=bool(args.resume), force=True,
-                           method=args.method, on_row=on_row)  # fmt: skip
-    else:
-        from .ray_runtime import run_ray
+            result = run_local(cfg, out, device=args.device, resume=bool(args.resume), force=True,
+                               method=args.method, on_row=on_row)  # fmt: skip
+        else:
+            from .ray_runtime import run_ray
 
-        result = run_ray(cfg, out, workers=args.workers, num_cpus=args.worker_cpus, num_gpus=args.worker_gpus,
-                         resume=bool(args.resume), force=True, on_row=on_row, address=args.address,
-                         dashboard=args.dashboard)  # fmt: skip
+            result = run_ray(cfg, out, workers=args.workers, num_cpus=args.worker_cpus,
+                             num_gpus=args.worker_gpus, resume=bool(args.resume), force=True, on_row=on_row,
+                             address=args.address, dashboard=args.dashboard)  # fmt: skip
     bar.close()
     rtt = result.rounds_to_target
     print(f"status: {result.status} after {result.state.round} rounds; "

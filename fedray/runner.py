@@ -13,11 +13,14 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -31,6 +34,20 @@ from .fedavg import ServerState, TrainFn, fedavg_round
 # work, not up to checkpoint_every - 1 rounds (~35 minutes of CNN C=0.5 rounds, ~70 at C=1.0, on
 # 2 CPU cores).
 CHECKPOINT_S = 60.0
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a batch scheduler's preemption, kill) stops what runs inside as
+    Ctrl-C does, so a run or a sweep keeps its last round and logs its end instead of dying."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
 
 HISTORY_FIELDS = [
     "round", "test_accuracy", "test_loss", "train_loss", "lr",

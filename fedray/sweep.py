@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -202,6 +200,8 @@ def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard
     import ray
     from ray import tune
 
+    from .runner import sigterm_as_ctrl_c
+
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard,
                  log_to_driver=False)  # fmt: skip
@@ -227,15 +227,9 @@ def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard
             callbacks=[_progress_callback(len(todo))],
         ),
     )
-    # SIGTERM (`ray job stop`, a batch scheduler's preemption, kill) stops the sweep as Ctrl-C does:
     # Tune's SIGINT handler stops the trials and fit() returns, so the sitting's end is logged.
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT)) if main else None
-    try:
+    with sigterm_as_ctrl_c():
         tuner.fit()
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, old)
 
 
 def _append_line(log: Path, entry: dict[str, Any]) -> None:

@@ -67,16 +67,32 @@ def test_divergence_is_recorded_not_a_crash(tmp_path):
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
-    out = tmp_path / "i"
-    args = ["run", "--dataset", "synthetic", "--K", "10", "--C", "0.5", "--lr", "0.05", "--rounds", "400",
+def interrupt_after_first_checkpoint(out, sig, rounds):
+    args = ["run", "--dataset", "synthetic", "--K", "10", "--C", "0.5", "--lr", "0.05", "--rounds", str(rounds),
             "--out", str(out), "--no-progress", "--workers", "0"]  # fmt: skip
     p = subprocess.Popen([*FEDRAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoint.pt").exists():
         time.sleep(0.1)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     stdout, _ = p.communicate(timeout=60)
+    return p, stdout
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    # `ray job stop` and batch schedulers send SIGTERM: the run keeps its rounds and says so.
+    out = tmp_path / "t"
+    p, stdout = interrupt_after_first_checkpoint(out, signal.SIGTERM, rounds=100_000)
+    assert p.returncode == 130 and "status: interrupted" in stdout
+    h = pd.read_csv(out / "history.csv")
+    state, history = load_checkpoint(out)
+    assert len(h) >= 10 and state.round == len(history) == len(h) == h["round"].iloc[-1]
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
+    out = tmp_path / "i"
+    p, stdout = interrupt_after_first_checkpoint(out, signal.SIGINT, rounds=400)
     assert p.returncode == 130 and "status: interrupted" in stdout
     h = pd.read_csv(out / "history.csv")
     assert 10 <= len(h) < 400
