@@ -104,15 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update(row["round"] - bar.n)
         bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", s_per_round=f"{row['train_s'] + row['eval_s']:.2f}")
 
-    with sigterm_as_ctrl_c():  # `ray job stop` or a scheduler's kill keeps the last round, as Ctrl-C does
+    if args.workers > 0:
+        from .ray_runtime import init_ray, run_ray
+
+        init_ray(args.address, args.dashboard)  # before our SIGTERM handler, or Ray's replaces it
+    with sigterm_as_ctrl_c():  # `ray job stop` or a scheduler's kill stops the run as Ctrl-C does
         if args.workers == 0:
             from .local import run_local
 
             result = run_local(cfg, out, device=args.device, resume=bool(args.resume), force=True,
                                method=args.method, on_row=on_row)  # fmt: skip
         else:
-            from .ray_runtime import run_ray
-
             result = run_ray(cfg, out, workers=args.workers, num_cpus=args.worker_cpus,
                              num_gpus=args.worker_gpus, resume=bool(args.resume), force=True, on_row=on_row,
                              address=args.address, dashboard=args.dashboard)  # fmt: skip

@@ -20,12 +20,11 @@ import torch
 from . import models
 from .client import train_models
 from .config import ExperimentConfig
-from .curves import rounds_to_target
 from .fedavg import ServerState, aggregate, round_schedules
 from .local import Data, initial_state, load_data, make_evaluate
 from .partition import make_partition
 from .runner import (RunResult, _history_csv, atomic_write, checkpoint_due, diverged, prepare_run_dir,
-                     record_row, save_checkpoint, write_config, write_summary)
+                     record_row, run_result, save_checkpoint, write_config, write_summary)
 
 
 def check_fusable(cfgs: Sequence[ExperimentConfig]) -> None:
@@ -114,9 +113,7 @@ def run_fused(
     for i, c in enumerate(cfgs):
         if status[i] == "completed" and c.stop_at_target and reached[i] is not None:
             status[i] = "reached"
-        r = RunResult(status[i], states[i], histories[i])
-        if histories[i]:
-            r.rounds_to_target = rounds_to_target([h["round"] for h in histories[i]], [h["test_accuracy"] for h in histories[i]], c.target)
+        r = run_result(status[i], states[i], histories[i], c.target)
         if outs is not None:
             atomic_write(Path(outs[i]) / "history.csv", _history_csv(histories[i]))
             save_checkpoint(outs[i], states[i], histories[i])

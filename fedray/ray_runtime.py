@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,11 +19,11 @@ import torch
 from . import models
 from .client import Schedule, evaluate, train_models
 from .config import ExperimentConfig
-from .curves import rounds_to_target
 from .fedavg import ServerState
 from .local import Data, initial_state, load_data
 from .partition import make_partition
-from .runner import RunResult, load_checkpoint, note_resumed, prepare_run_dir, run_rounds, write_config, write_summary
+from .runner import (RunResult, load_checkpoint, note_resumed, prepare_run_dir, run_result, run_rounds, write_config,
+                     write_summary)  # fmt: skip
 
 HEAD_CPUS = 0.05  # the trial/driver share, carved out of the first worker's CPUs (see bundles)
 
@@ -167,6 +166,13 @@ def put_data(data) -> list:
     return [ray.put(t.cpu().numpy() if isinstance(t, torch.Tensor) else t) for t in data]
 
 
+def init_ray(address: str | None = None, dashboard: bool = False) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start Ray embedded in this process.
+    Ray sets its own SIGTERM handler here: install ours (sigterm_as_ctrl_c) after this."""
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, log_to_driver=False)
+
+
 def run_ray(
     cfg: ExperimentConfig,
     out: Path | None = None,
@@ -185,8 +191,7 @@ def run_ray(
 ) -> RunResult:
     if out is not None:
         prepare_run_dir(out, force=force, resume=resume)
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard, log_to_driver=False)
+    init_ray(address, dashboard)
     from ray.util import get_current_placement_group
 
     pg = get_current_placement_group()  # inside a Tune trial: its reserved bundles
@@ -220,13 +225,9 @@ def run_ray(
         ray.kill(driver)
         has_ck = out is not None and (Path(out) / "checkpoint.pt").exists()
         state, history = load_checkpoint(out) if has_ck else (initial_state(cfg, "cpu"), [])
-        result = RunResult("interrupted", state, history)
+        result = run_result("interrupted", state, history, cfg.target)
         if out is not None:
             write_summary(out, result)
         return result
     ray.kill(driver)
-    result = RunResult(res["status"], ServerState(res["round"], res["w"]), res["history"])
-    if result.history:
-        rounds, acc = zip(*((r["round"], r["test_accuracy"]) for r in result.history))
-        result.rounds_to_target = rounds_to_target(rounds, acc, cfg.target)
-    return result
+    return run_result(res["status"], ServerState(res["round"], res["w"]), res["history"], cfg.target)

@@ -42,7 +42,16 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    old = signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+    def as_ctrl_c(_, frame) -> None:
+        # Whoever handles Ctrl-C now (Tune during a sweep) handles this too. A job started in the
+        # background (`cmd &`, nohup, some job runners) has SIGINT ignored: raise it ourselves.
+        ctrl_c = signal.getsignal(signal.SIGINT)
+        if not callable(ctrl_c):
+            raise KeyboardInterrupt
+        ctrl_c(signal.SIGINT, frame)
+
+    old = signal.signal(signal.SIGTERM, as_ctrl_c)
     try:
         yield
     finally:
@@ -74,6 +83,12 @@ class RunResult:
     state: ServerState
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds_to_target: float = math.nan
+
+
+def run_result(status: str, state: ServerState, history: list[dict[str, Any]], target: float) -> RunResult:
+    """A RunResult with its rounds to `target` (the paper's interpolated crossing) filled in."""
+    rounds, acc = [r["round"] for r in history], [r["test_accuracy"] for r in history]
+    return RunResult(status, state, history, rounds_to_target(rounds, acc, target) if history else math.nan)
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -267,11 +282,7 @@ def run_rounds(
         history = [r for r in history if r["round"] <= state.round]
     if status == "completed" and cfg.stop_at_target and reached_at is not None:
         status = "reached"
-    result = RunResult(status, state, history)
-    if history:
-        result.rounds_to_target = rounds_to_target(
-            [r["round"] for r in history], [r["test_accuracy"] for r in history], cfg.target
-        )
+    result = run_result(status, state, history, cfg.target)
     if out is not None:
         atomic_write(Path(out) / "history.csv", _history_csv(history))
         save_checkpoint(out, state, history)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -197,14 +196,12 @@ def run_sweep(
 
 
 def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard: bool) -> None:
-    import ray
     from ray import tune
 
+    from .ray_runtime import init_ray
     from .runner import sigterm_as_ctrl_c
 
-    if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=dashboard,
-                 log_to_driver=False)  # fmt: skip
+    init_ray(address, dashboard)
     trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles(sweep.runtime)))
     entries, names = _grid_search(todo, sweep.runtime["fuse_lr"])
     keys = {json.dumps(e, sort_keys=True): n for e, n in zip(entries, names)}

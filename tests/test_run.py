@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from fedray.config import ExperimentConfig
+from fedray.curves import rounds_to_target
 from fedray.fedavg import ServerState
 from fedray.local import run_local, synthetic_data
 from fedray.runner import load_checkpoint, run_rounds
@@ -67,27 +69,42 @@ def test_divergence_is_recorded_not_a_crash(tmp_path):
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
 
 
-def interrupt_after_first_checkpoint(out, sig, rounds):
+def interrupt_after_first_checkpoint(out, sig, rounds, workers=0, preexec_fn=None):
     args = ["run", "--dataset", "synthetic", "--K", "10", "--C", "0.5", "--lr", "0.05", "--rounds", str(rounds),
-            "--out", str(out), "--no-progress", "--workers", "0"]  # fmt: skip
-    p = subprocess.Popen([*FEDRAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "checkpoint.pt").exists():
-        time.sleep(0.1)
-    p.send_signal(sig)
-    stdout, _ = p.communicate(timeout=60)
+            "--out", str(out), "--no-progress", "--workers", str(workers)]  # fmt: skip
+    p = subprocess.Popen([*FEDRAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=preexec_fn, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "checkpoint.pt").exists():
+            time.sleep(0.1)
+        p.send_signal(sig)  # to the run alone, not its Ray processes, as `kill PID` would
+        stdout, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # it ignored the signal: take it and the Ray it started down
+            os.killpg(p.pid, signal.SIGKILL)
     return p, stdout
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
-    # `ray job stop` and batch schedulers send SIGTERM: the run keeps its rounds and says so.
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, workers):
+    # `ray job stop` and batch schedulers send SIGTERM: the run keeps its rounds and says so, also
+    # when started in the background with SIGINT ignored, and on Ray, which sets its own handler.
     out = tmp_path / "t"
-    p, stdout = interrupt_after_first_checkpoint(out, signal.SIGTERM, rounds=100_000)
-    assert p.returncode == 130 and "status: interrupted" in stdout
-    h = pd.read_csv(out / "history.csv")
+    p, stdout = interrupt_after_first_checkpoint(out, signal.SIGTERM, rounds=100_000, workers=workers,
+                                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+    assert p.returncode == 130 and "status: interrupted" in stdout, p.stderr
     state, history = load_checkpoint(out)
-    assert len(h) >= 10 and state.round == len(history) == len(h) == h["round"].iloc[-1]
-    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    assert state.round == len(history) >= 10 and [r["round"] for r in history] == list(range(1, len(history) + 1))
+    if workers == 0:  # in-process, the round being trained is dropped and history.csv ends at the checkpoint
+        assert pd.read_csv(out / "history.csv")["round"].iloc[-1] == state.round
+    # Synthetic data crosses 0.97 within a few rounds; the summary interpolates it as a finished run does.
+    summary = json.loads((out / "summary.json").read_text())
+    rounds, acc = [r["round"] for r in history], [r["test_accuracy"] for r in history]
+    assert summary["status"] == "interrupted" and summary["rounds_completed"] == state.round
+    assert summary["rounds_to_target"] == pytest.approx(rounds_to_target(rounds, acc, 0.97))
+    assert summary["rounds_to_target"] < 10
+    assert f"rounds to 0.97: {summary['rounds_to_target']:.1f}" in stdout
 
 
 def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
