@@ -35,6 +35,21 @@ from .fedavg import ServerState, TrainFn, fedavg_round
 # 2 CPU cores).
 CHECKPOINT_S = 60.0
 
+HISTORY_FIELDS = [
+    "round", "test_accuracy", "test_loss", "train_loss", "lr",
+    "train_s", "eval_s", "elapsed_s", "bytes_down", "bytes_up",
+]  # fmt: skip
+# A net that predicts one class scores 8.9-11.4% on MNIST's test set (its class frequencies).
+CHANCE_ACCURACY = 0.12
+EvalFn = Callable[[models.Params, bool], dict[str, float]]  # (w, with_train_loss) -> metrics
+
+
+def checkpoint_due(t: int, every: int, saved_at: float, every_s: float = CHECKPOINT_S) -> bool:
+    """After evaluated round t: save every `every` rounds or once `every_s` seconds have passed
+    since `saved_at` (a time.perf_counter()), whichever comes first."""
+    return t % every == 0 or time.perf_counter() - saved_at >= every_s
+
+
 @contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (`ray job stop`, a batch scheduler's preemption, kill) stops what runs inside as
@@ -56,21 +71,6 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-HISTORY_FIELDS = [
-    "round", "test_accuracy", "test_loss", "train_loss", "lr",
-    "train_s", "eval_s", "elapsed_s", "bytes_down", "bytes_up",
-]  # fmt: skip
-# A net that predicts one class scores 8.9-11.4% on MNIST's test set (its class frequencies).
-CHANCE_ACCURACY = 0.12
-EvalFn = Callable[[models.Params, bool], dict[str, float]]  # (w, with_train_loss) -> metrics
-
-
-def checkpoint_due(t: int, every: int, saved_at: float, every_s: float = CHECKPOINT_S) -> bool:
-    """After evaluated round t: save every `every` rounds or once `every_s` seconds have passed
-    since `saved_at` (a time.perf_counter()), whichever comes first."""
-    return t % every == 0 or time.perf_counter() - saved_at >= every_s
 
 
 class RunDirExists(FileExistsError):
