@@ -5,7 +5,8 @@ Layout under the storage directory (default ./results/<name>):
     trials/<key>/            config.json, history.csv, summary.json, checkpoint.pt of one run
     tune/<experiment>/       Ray Tune's own layout (result.json, TensorBoard event files, ...)
 A trial whose summary.json says it finished is never run again: `--resume` (or a copy of the
-trials/ folder on another machine) runs only what is missing, from its last checkpoint.
+trials/ folder on another machine) runs only what is missing, from its last checkpoint, or from
+round 0 when it has none (its earlier history.csv then kept as history.before_restart_<time>.csv).
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def plan(sweep: Sweep, storage: Path, resume: bool) -> list[tuple[ExperimentConf
             f"unfinished trials, or another --storage"
         )
     return todo
+
+
+def keep_restarted_histories(dirs: list[Path], started: float) -> list[tuple[Path, Path]]:
+    """An unfinished trial without checkpoint.pt (committed results carry histories, not
+    checkpoints) can only start again from round 0, which rewrites history.csv: its earlier rounds
+    are moved beside it first, stamped with this sitting's start, never overwritten."""
+    kept = []
+    for d in dirs:
+        h = d / "history.csv"
+        if h.exists() and not (d / "checkpoint.pt").exists():
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
+            to = d / f"history.before_restart_{stamp}.csv"
+            n = 1
+            while to.exists():  # two sittings in one second
+                n += 1
+                to = d / f"history.before_restart_{stamp}_{n}.csv"
+            kept.append((d, h.rename(to)))
+    return kept
 
 
 def bundles(runtime: dict[str, Any]) -> list[dict[str, float]]:
@@ -177,6 +196,8 @@ def run_sweep(
     # the report's span for it still starts at its first sitting.
     _append_line(log, {"started": started, "trials_to_run": len(todo)})
     print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished, {len(todo)} to run")
+    for d, kept in keep_restarted_histories([d for _, d in todo], started):
+        print(f"  {d.name}: no checkpoint.pt, restarts from round 0; its earlier history is kept as {kept.name}")
     try:
         if todo:
             _fit(sweep, storage, todo, address, dashboard)

@@ -149,6 +149,25 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
     assert log[2]["trials_run"] == len(todo) and log[2]["wall_s"] > 0 and log[2]["unfinished"] == 0
 
 
+def test_unfinished_trial_without_checkpoint_restarts_and_keeps_its_earlier_history(local_ray, tmp_path, capsys):
+    # As on another machine from committed results: history and config, no summary, no checkpoint.
+    sweep = expand({**TINY, "partition": "iid", "lr": 0.05})
+    storage = tmp_path / "s"
+    run_sweep(sweep, storage)
+    d = storage / "trials" / trial_key(sweep.trials[0])
+    (d / "summary.json").unlink()
+    (d / "checkpoint.pt").unlink()
+    earlier = (d / "history.csv").read_bytes()
+    assert [d.name for _, d in plan(sweep, storage, resume=True)] == [d.name]
+
+    out = run_sweep(sweep, storage, resume=True)
+    assert out["unfinished"] == 0 and json.loads((d / "summary.json").read_text())["status"] in ("completed", "reached")
+    kept = list(d.glob("history.before_restart_*.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == earlier
+    assert list(pd.read_csv(d / "history.csv")["round"]) == list(range(1, len(pd.read_csv(kept[0])) + 1))
+    assert f"{d.name}: no checkpoint.pt, restarts from round 0" in capsys.readouterr().out
+
+
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_logs_the_sittings_end(tmp_path):
     # What `ray job stop` or a batch scheduler sends: Tune stops the trials, the sweep logs its end.
     spec = {**TINY, "partition": "iid", "lr": {"values": [0.001]}, "max_rounds": 10_000}
