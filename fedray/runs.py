@@ -119,6 +119,10 @@ def _when(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _n(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _cpu(c: str) -> str:
     return "" if c == "?" else f"; {c}"
 
@@ -130,15 +134,16 @@ def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
     if len(runs):  # trials a sweep.json lists without a run dir, unless they ran elsewhere (duplicate)
         planned = runs[runs["status"].eq(NOT_STARTED) & ~runs["duplicate"]]
         runs = runs[runs["status"].ne(NOT_STARTED)]
-    waiting = [f"{len(planned)} trials of sweep files not started (or not committed): {', '.join(planned['run'])}"
+    waiting = [f"{_n(len(planned), 'trial')} of sweep files not started (or not committed): {', '.join(planned['run'])}"
                ] if len(planned) else []  # fmt: skip
     if runs.empty:
         return ["no run directories (config.json + history.csv) found"] + waiting
     cpu = runs["cpu"] if "cpu" in runs else pd.Series("?", index=runs.index)
     hw = runs.groupby([runs["hostname"].fillna("?"), runs["device"].fillna("?"), cpu.fillna("?")]).size()
     w, statuses = runs["wall_s"].astype(float), runs["status"].where(~runs["diverged"], "diverged").value_counts()
-    lines = [f"hardware: {', '.join(f'{h} ({d}{_cpu(c)}): {n} runs' for (h, d, c), n in hw.items())}; this report made on {platform.node()}",
-             f"{len(runs)} runs ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
+    per_hw = ", ".join(f"{h} ({d}{_cpu(c)}): {_n(n, 'run')}" for (h, d, c), n in hw.items())
+    lines = [f"hardware: {per_hw}; this report made on {platform.node()}",
+             f"{_n(len(runs), 'run')} ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
              + (f"; {int(runs['duplicate'].sum())} duplicate run dirs ignored" if runs["duplicate"].any() else ""),
              f"wall-clock per run: min {_dur(w.min())}, median {_dur(w.median())}, max {_dur(w.max())}; sum {_dur(w.sum())}",
              f"rounds computed: {int(runs['rounds_done'].sum())}"] + waiting  # fmt: skip
@@ -166,5 +171,5 @@ def run_summary(runs: pd.DataFrame, results_dir: Path) -> list[str]:
             span += f" over {len(sittings)} sittings, " + (
                 f"{len(ended)} of which logged an end ({_dur(sum(ended))} in all)" if ended else "none of which logged an end")
         wall, done = _dur(r["wall_s"].sum()), int(r["rounds_done"].sum())
-        lines.append(f"{name}: {len(r)} runs, wall-clock sum {wall}, {done} rounds{span}")
+        lines.append(f"{name}: {_n(len(r), 'run')}, wall-clock sum {wall}, {done} rounds{span}")
     return lines

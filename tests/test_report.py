@@ -171,14 +171,14 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     ax = grid_figures(runs, summary)["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
     assert len(ax.texts) == 0 and ax.get_xlim()[1] >= 3  # the one history drawn, rounds 1 to 3
     lines = run_summary(runs, tmp_path)
-    assert lines[1] == "1 runs (reached 1)" and lines[-2].startswith("2 trials of sweep files not started")
-    assert lines[-1] == f"{tmp_path}: 1 runs, wall-clock sum 1.5 s, 3 rounds"  # the not-started add nothing
+    assert lines[1] == "1 run (reached 1)" and lines[-2].startswith("2 trials of sweep files not started")
+    assert lines[-1] == f"{tmp_path}: 1 run, wall-clock sum 1.5 s, 3 rounds"  # the not-started add nothing
     info = main_report(tmp_path, tmp_path / "out")  # figures draw the empty curves without failing
     assert "grid_2nn_iid_C0.1_E1_B10_t0.97.png" in info["figures"] and "(2 trials unfinished)" in info["markdown"]
     _run(tmp_path, "elsewhere", 0.2, [0.9, 0.95])  # 0.2 ran outside the sweep's folder: not missing
     runs = load_results(tmp_path)
     assert summarize(runs).iloc[0]["unfinished"] == 1
-    assert run_summary(runs, tmp_path)[4] == f"1 trials of sweep files not started (or not committed): half/trials/{trial_key(sweep.trials[0])}"
+    assert run_summary(runs, tmp_path)[4] == f"1 trial of sweep files not started (or not committed): half/trials/{trial_key(sweep.trials[0])}"
 
 
 def test_a_trial_found_twice_counts_once(tmp_path):
@@ -292,7 +292,7 @@ def test_notebook_runs_on_a_results_dir(results, tmp_path, monkeypatch):
 
 def test_run_summary_names_the_cpu_the_runs_were_timed_on(tmp_path):
     _run(tmp_path, "x", 0.1, [0.98], meta={"hostname": "h", "device": "cpu", "cpu": "AMD EPYC, 2 CPUs"})
-    assert "hardware: h (cpu; AMD EPYC, 2 CPUs): 1 runs" in run_summary(load_results(tmp_path), tmp_path)[0]
+    assert "hardware: h (cpu; AMD EPYC, 2 CPUs): 1 run" in run_summary(load_results(tmp_path), tmp_path)[0]
 
 
 def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
@@ -302,8 +302,8 @@ def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
     _run(tmp_path, "y", 0.2, [0.98], meta={"hostname": "h", "device": "cpu", "cpu": "AMD EPYC, 2 CPUs",
                                            "resumed": [{"round": 5, "cpu": "AMD EPYC, 2 CPUs"}]})  # fmt: skip
     line = run_summary(load_results(tmp_path), tmp_path)[0]
-    assert "h (cpu; AMD EPYC, 2 CPUs): 1 runs" in line  # resumed on the same CPU: nothing to add
-    assert "h (cpu; AMD EPYC, 2 CPUs, resumed on Intel Xeon, 2 CPUs): 1 runs" in line
+    assert "h (cpu; AMD EPYC, 2 CPUs): 1 run" in line  # resumed on the same CPU: nothing to add
+    assert "h (cpu; AMD EPYC, 2 CPUs, resumed on Intel Xeon, 2 CPUs): 1 run" in line
 
 
 def test_a_sweep_over_several_sittings_says_so(tmp_path):
