@@ -69,7 +69,14 @@ def test_divergence_is_recorded_not_a_crash(tmp_path):
     assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
 
 
-def interrupt_after_first_checkpoint(out, sig, rounds, workers=0, preexec_fn=None):
+def sigint_as_in_a_terminal():
+    # A shell starts background jobs with SIGINT ignored and exec keeps that, so a suite run by
+    # nohup or a CI runner would hand the run an ignored SIGINT: the run then finished its rounds
+    # (rc 0) or outlived the 60 s wait. Ctrl-C in a terminal reaches a run whose SIGINT is default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_after_first_checkpoint(out, sig, rounds, workers=0, preexec_fn=sigint_as_in_a_terminal):
     args = ["run", "--dataset", "synthetic", "--K", "10", "--C", "0.5", "--lr", "0.05", "--rounds", str(rounds),
             "--out", str(out), "--no-progress", "--workers", str(workers)]  # fmt: skip
     p = subprocess.Popen([*FEDRAY, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
