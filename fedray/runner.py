@@ -171,6 +171,8 @@ def write_summary(out: Path, result: RunResult) -> None:
         "rounds_to_target": None if math.isnan(rtt) else rtt,
         "final_test_accuracy": h[-1]["test_accuracy"] if h else None,
         "wall_s": h[-1]["elapsed_s"] if h else 0.0,
+        # The report's sweep spans: a sitting still running has no end line in its sweep log yet.
+        "finished": time.time(),
     }
     atomic_write(Path(out) / "summary.json", json.dumps(summary, indent=2))
 

@@ -306,6 +306,18 @@ def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
     assert "h (cpu; AMD EPYC, 2 CPUs, resumed on Intel Xeon, 2 CPUs): 1 run" in line
 
 
+def test_a_sitting_still_running_spans_to_its_last_finished_trial(tmp_path):
+    # Its sweep log has only a start line; the trials it finished say when (summary.json).
+    t = 1.7e9  # 2023-11-14 22:13:20 UTC
+    _run(tmp_path, "sw/x", 0.1, [0.98])
+    s = json.loads((tmp_path / "sw" / "x" / "summary.json").read_text())
+    (tmp_path / "sw" / "x" / "summary.json").write_text(json.dumps({**s, "finished": t + 3600}))
+    _run(tmp_path, "sw/y", 0.2, [0.9], status=None)  # still running: no summary.json
+    (tmp_path / "sw" / "sweep_runs.jsonl").write_text(json.dumps({"started": t, "trials_to_run": 2}) + "\n")
+    line = run_summary(load_results(tmp_path), tmp_path)[-1]
+    assert line.endswith("span 2023-11-14 22:13 UTC to 2023-11-14 23:13 UTC (60.0 min)")
+
+
 def test_a_sweep_over_several_sittings_says_so(tmp_path):
     _run(tmp_path, "sw/x", 0.1, [0.98])
     t = 1.7e9  # 2023-11-14 22:13:20 UTC

@@ -218,11 +218,13 @@ def test_a_run_stuck_at_chance_after_learning_stops_as_diverged(tmp_path, accura
         return {"test_accuracy": accuracy.get(int(w["w"].item()), 0.10), "test_loss": 2.3}
 
     flags = []  # what a listener (Tune's on_row) is told: the stop comes on the last row, not after
+    before = time.time()
     r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), out=tmp_path,
                    on_row=lambda row: flags.append(row["diverged"]))  # fmt: skip
     assert r.status == status and r.state.round == last_round
     assert flags == [False] * (last_round - 1) + [status == "diverged"] and "diverged" not in r.history[-1]
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == status
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == status and before <= summary["finished"] <= time.time()  # the report's spans
     assert pd.read_csv(tmp_path / "history.csv")["round"].tolist() == list(range(1, last_round + 1))
 
 
