@@ -15,7 +15,6 @@ import os
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
