@@ -95,8 +95,12 @@ def pr_speedup(base: float, rounds: float) -> float:
     return base / rounds if rounds > 0 and base > 0 else np.nan  # NaN > 0 is False: unknown stays NaN
 
 
-def unfinished_text(k: int) -> str:
-    return f"{k} trial{'s' if k > 1 else ''} unfinished"
+def unfinished_text(k: int, behind: int = 0) -> str:
+    """k unfinished trials, of which `behind` can no longer change the rounds (report.behind_best)."""
+    text = f"{k} trial{'s' if k > 1 else ''} unfinished"
+    if behind:
+        text += ", already behind the best" if behind == k else f", {behind} of them already behind the best"
+    return text
 
 
 def cell_text(c: dict) -> str:
@@ -116,8 +120,9 @@ def cell_text(c: dict) -> str:
         if not np.isnan(c["speedup"]):
             ps = "—" if np.isnan(c["paper_speedup"]) else f"{c['paper_speedup']:.1f}×"
             text += f"; {c['speedup']:.1f}× ({ps})"
-    if c.get("unfinished"):
-        text += f" ({unfinished_text(c['unfinished'])})"
+    # Trials already behind the best cannot move the number, so the cell leaves them out.
+    if k := c.get("unfinished", 0) - c.get("behind", 0):
+        text += f" ({unfinished_text(k)})"
     return text + (" ⚑" if c.get("edge") else "")
 
 
@@ -188,7 +193,8 @@ def compare(paper: pd.DataFrame, by_target: dict[float, pd.DataFrame]) -> dict[s
                 ours[i] = {"rounds": s["rounds"], "rounds_std": s["rounds_std"], "seeds": s["seeds"],
                            "best_lr": s["best_lr"], "grid": " ".join(f"{x:g}" for x in s["grid"]),
                            "edge": s["edge"], "best_acc": s["best_acc"], "budget": s["budget"],
-                           "run_target": s["run_target"], "unfinished": int(m["unfinished"].sum())}  # fmt: skip
+                           "run_target": s["run_target"], "unfinished": int(m["unfinished"].sum()),
+                           "behind": int(m["behind"].sum()) if "behind" in m else 0}  # fmt: skip
         out[table] = cells(p, ours).reindex(columns=CELL_COLUMNS)
     return out
 
@@ -218,7 +224,7 @@ def settings_table(settings: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> p
         rows.append({"setting": label(s), "target": s["target"], "u": s["u"], "best lr": s["best_lr"],
                      "grid": " ".join(f"{x:g}" for x in s["grid"]), "edge": s["edge"],
                      "rounds to target": f"{rtt} ({s['reached_seeds']}/{s['seeds']} seeds)"
-                     + (f"; {unfinished_text(s['unfinished'])}" if s.get("unfinished") else ""),
+                     + (f"; {unfinished_text(s['unfinished'], s.get('behind', 0))}" if s.get("unfinished") else ""),
                      "rounds": s["rounds"], "rounds_std": s["rounds_std"], "seeds": s["seeds"],
                      "max acc": s["best_acc"], "final acc": s["last_acc"], "budget": s["budget"],
                      "diverged": len(s["diverged"]), "paper": ", ".join(pap), "ratio": ", ".join(rat)})  # fmt: skip

@@ -4,7 +4,9 @@ beside the paper's Tables 1, 2 and 4; written as Markdown, CSV, PNG and one self
 Method. Each trial's test-accuracy curve is made monotone (best so far) and its first crossing of
 the target interpolated between the evaluated rounds around it (`curves.rounds_to_target`).
 Diverged trials (summary says so, or a non-finite test loss) count as not reaching. A trial with
-no final summary (still running, or killed) is counted as unfinished, and its setting says so. Per setting
+no final summary (still running, or killed) is counted as unfinished, and its setting says so, unless
+it is already behind: evaluated, below the target, past every seed of a best rate that reached with
+no trial unfinished, so it cannot change the setting's rounds however it goes on. Per setting
 the best learning rate is the one with the fewest rounds, mean over seeds, among those whose every
 seed reached (ties: the smaller lr); if none reached, the highest mean final monotone accuracy.
 Rates are compared on the seeds they share; the chosen rate's numbers are over all its seeds.
@@ -28,7 +30,7 @@ from .curves import monotone, rounds_to_target
 from .runs import KEY, load_results, run_summary
 
 __all__ = ["monotone", "rounds_to_target", "load_results", "per_lr_table", "best_lr", "edge_flag",
-           "summarize", "paper_cells", "settings_table", "write_report", "main_report",
+           "summarize", "behind_best", "paper_cells", "settings_table", "write_report", "main_report",
            "add_report_parser", "run_report", "u_of", "run_summary"]  # fmt: skip
 u_of, settings_table = P.u_of, P.settings_table
 
@@ -86,6 +88,30 @@ def edge_flag(grid, lr: float) -> str:
     return "lowest lr of grid" if lr == grid[0] else "highest lr of grid" if lr == grid[-1] else ""
 
 
+def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> int:
+    """How many of a setting's unfinished trials cannot change its rounds, whatever they do next.
+    b, the best rate, must have reached on every seed with none unfinished. Another rate is then
+    out of the race if one of its finished seeds missed the target (it can never count as reached),
+    or if every seed of it crossed, or is evaluated still below the target, after the best's
+    slowest seed: a crossing is interpolated strictly after the last round below the target, so
+    its mean over any shared seeds exceeds the best's. It must also have run every seed a reached
+    rate ran, or adding it could narrow the seeds the rates are compared on."""
+    if not b["reached"] or b["unfinished"]:
+        return 0
+    slowest = max(b["rtt_by_seed"].values())
+    seeds_used = set().union(*per_lr.loc[per_lr["reached"], "rtt_by_seed"])
+    n = 0
+    for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
+        t = g[g["lr"] == row.lr]
+        missed = any(np.isnan(row.rtt_by_seed[s]) and not u for s, u in zip(t["seed"], t["unfinished"]))
+        after = all(row.rtt_by_seed[s] > slowest if not np.isnan(row.rtt_by_seed[s])
+                    else u and len(h) > 0 and h["round"].iloc[-1] >= slowest
+                    for s, u, h in zip(t["seed"], t["unfinished"], t["history"]))  # fmt: skip
+        if missed or (after and set(t["seed"]) >= seeds_used):
+            n += row.unfinished
+    return n
+
+
 def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per setting (KEY): best lr and its rounds to target (mean, std over seeds), the grid,
     the edge flag, per-lr details (`per_lr`), run indices per lr (`trials`), diverged runs.
@@ -112,7 +138,7 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
                     "rounds_std": b["rounds_std"] if b["reached"] else math.nan, "best_acc": b["acc_mean"],
                     "last_acc": b["last_acc"], "budget": int(g["rounds"].max()), "n_trials": len(g),
                     "run_target": g["run_target"].min(), "unfinished": int(g["unfinished"].sum()),
-                    "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
+                    "behind": behind_best(g, per_lr, b), "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
                     "trials": {lr: list(t.index) for lr, t in g.groupby("lr")}})  # fmt: skip
     return pd.DataFrame(out)
 

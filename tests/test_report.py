@@ -138,6 +138,31 @@ def test_a_trial_still_running_is_reported_as_unfinished(tmp_path):
     assert summarize(load_results(tmp_path)).iloc[0]["unfinished"] == 0
 
 
+def test_an_unfinished_trial_already_behind_the_best_leaves_the_cell_final(tmp_path):
+    _run(tmp_path, "low", 0.03, [0.9, 0.9, 0.9, 0.9])  # finished, never reached
+    _run(tmp_path, "best", 0.1, [0.9, 0.96, 0.98])  # reached at 2 + 0.01/0.02 = 2.5
+    _run(tmp_path, "high", 0.3, [0.5, 0.6], status=None)  # may still cross in (2, 3]: before 2.5?
+    runs = load_results(tmp_path)
+    s = summarize(runs).iloc[0]
+    assert s["unfinished"] == 1 and s["behind"] == 0
+    assert paper_cells(runs)["table1"].query("ran")["cell"].tolist() == ["2.5 (87) ×0.03 (1 trial unfinished)"]
+    # One more round below the target: its crossing now comes after round 3 > 2.5, so it is out.
+    pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.5, 0.6, 0.7], "test_loss": 0.1}).to_csv(tmp_path / "high" / "history.csv")
+    runs = load_results(tmp_path)
+    s = summarize(runs).iloc[0]
+    assert s["unfinished"] == 1 and s["behind"] == 1 and s["rounds"] == pytest.approx(2.5) and s["edge"] == ""
+    assert paper_cells(runs)["table1"].query("ran")["cell"].tolist() == ["2.5 (87) ×0.03"]
+    st = settings_table(summarize(runs), paper_cells(runs)).iloc[0]
+    assert st["rounds to target"] == "2.5 (1/1 seeds); 1 trial unfinished, already behind the best"
+    # A best rate with a second seed that 0.3 has not run: 0.3 could narrow the shared seeds, so it stays open.
+    _run(tmp_path, "best_s1", 0.1, [0.96, 0.98], seed=1)  # 1.5; the best's slowest seed is still 2.5
+    assert summarize(load_results(tmp_path)).iloc[0]["behind"] == 0
+    # Unless one of its finished seeds already missed: then 0.3 can never count as reached.
+    _run(tmp_path, "high_s1", 0.3, [0.9, 0.9, 0.9], seed=1)
+    s = summarize(load_results(tmp_path)).iloc[0]
+    assert s["unfinished"] == 1 and s["behind"] == 1 and s["rounds"] == pytest.approx(2.0)  # (2.5 + 1.5) / 2
+
+
 def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp_path):
     from fedray.sweep import _write_sweep_json
     from fedray.sweep_file import expand, trial_key
