@@ -87,7 +87,7 @@ def _row(cfg: dict, h: pd.DataFrame, summ: dict, d: Path, root: Path) -> dict:
     row = {**DEFAULTS, **cfg, "B": P.parse_B(cfg.get("B", "inf"))}
     row["alpha"] = float(row["alpha"]) if row["partition"] == "dirichlet" else np.nan  # unused otherwise
     row["lr"] = float(f"{float(row['lr']):.10g}")  # grids computed on two machines still group
-    status = summ.get("status", "unknown")
+    status = summ.get("status", "unfinished")  # no summary.json: still running, or stopped before it wrote one
     dev = meta.get("device")
     diverged = status == "diverged" or not np.isfinite(h["test_loss"].dropna()).all()
     # No final status yet (running, killed, not started): its setting's best lr may still change.

@@ -134,6 +134,7 @@ def test_a_trial_still_running_is_reported_as_unfinished(tmp_path):
     assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (1 trial unfinished) ⚑"]
     st = settings_table(summarize(runs), paper_cells(runs)).iloc[0]
     assert st["rounds to target"] == "2.5 (1/1 seeds); 1 trial unfinished"
+    assert run_summary(runs, tmp_path)[1] == "2 runs (completed 1, unfinished 1)"  # no summary.json yet
     _run(tmp_path / "later", "running", 0.3, [0.95, 0.99], status="reached")  # it finished: a copy ran longer
     assert summarize(load_results(tmp_path)).iloc[0]["unfinished"] == 0
 
