@@ -113,7 +113,10 @@ def versions() -> dict[str, str]:
 
 
 def cpu_name() -> str:
-    """The CPU model and count, so a report can say what the wall-clock numbers were measured on."""
+    """The CPU model, count and the vector ISA torch's kernels use, so a report can say what the
+    wall-clock numbers were measured on. The ISA is there because one model name ("AMD EPYC")
+    covers hosts with and without AVX-512, whose float sums round differently: a run repeats itself
+    bit for bit on one but drifts from round 1 on the other."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -122,7 +125,7 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} CPUs"
+    return f"{name}, {os.cpu_count()} CPUs, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def prepare_run_dir(out: Path, *, force: bool = False, resume: bool = False) -> None:

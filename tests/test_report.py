@@ -321,6 +321,17 @@ def test_run_summary_names_the_cpu_the_runs_were_timed_on(tmp_path):
     assert "hardware: h (cpu; AMD EPYC, 2 CPUs): 1 run" in run_summary(load_results(tmp_path), tmp_path)[0]
 
 
+def test_cpu_name_is_model_count_and_the_isa_torch_runs_on():
+    import os
+
+    import torch
+
+    from fedray.runner import cpu_name
+
+    name, count, isa = cpu_name().rsplit(", ", 2)  # e.g. "AMD EPYC", "2 CPUs", "AVX512"
+    assert name and count == f"{os.cpu_count()} CPUs" and isa == torch.backends.cpu.get_cpu_capability() != ""
+
+
 def test_a_run_resumed_on_another_cpu_names_both(tmp_path):
     resumed = [{"round": 10, "cpu": "Intel Xeon, 2 CPUs"}, {"round": 20, "cpu": "AMD EPYC, 2 CPUs"},
                {"round": 30, "cpu": "Intel Xeon, 2 CPUs"}]  # fmt: skip
