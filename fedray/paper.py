@@ -194,7 +194,7 @@ def compare(paper: pd.DataFrame, by_target: dict[float, pd.DataFrame]) -> dict[s
                            "best_lr": s["best_lr"], "grid": " ".join(f"{x:g}" for x in s["grid"]),
                            "edge": s["edge"], "best_acc": s["best_acc"], "budget": s["budget"],
                            "run_target": s["run_target"], "unfinished": int(m["unfinished"].sum()),
-                           "behind": int(m["behind"].sum()) if "behind" in m else 0}  # fmt: skip
+                           "behind": int(m["behind"].sum())}  # fmt: skip
         out[table] = cells(p, ours).reindex(columns=CELL_COLUMNS)
     return out
 
