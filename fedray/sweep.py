@@ -257,7 +257,11 @@ def _append_line(log: Path, entry: dict[str, Any]) -> None:
 
 def _trial_row(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
     s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-    return {"key": d.name, "status": s.get("status", "not run"), "rounds_to_target": s.get("rounds_to_target")}
+    status = s.get("status")
+    if status is None:  # stopped (Ctrl-C, SIGTERM, a crash) before its summary: say how far it got
+        rows = (d / "history.csv").read_text().splitlines()[1:] if (d / "history.csv").exists() else []
+        status = f"unfinished at round {rows[-1].split(',', 1)[0]}" if rows else "not run"
+    return {"key": d.name, "status": status, "rounds_to_target": s.get("rounds_to_target")}
 
 
 def _write_sweep_json(storage: Path, sweep: Sweep, source: dict[str, Any] | None) -> None:

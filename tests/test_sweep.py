@@ -175,7 +175,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_logs_the_sittings_end(tmp_path
     f.write_text(yaml.safe_dump(spec))
     storage = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, "-m", "fedray.cli", "sweep", str(f), "--storage", str(storage)],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     history = storage / "trials" / trial_key(expand(spec).trials[0]) / "history.csv"
     deadline = time.time() + 120
     try:
@@ -183,11 +183,13 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_and_logs_the_sittings_end(tmp_path
             time.sleep(0.2)
         assert time.time() < deadline, "the trial evaluated no round before the deadline"
         os.kill(proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler would
-        err = proc.communicate(timeout=90)[1]
+        out, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1 and "1 trial did not finish; run again with --resume" in err
+    last = pd.read_csv(history)["round"].iloc[-1]  # the summary names how far the stopped trial got
+    assert f"{history.parent.name}: unfinished at round {last}, rounds to target —" in out
     start, end = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
     assert end["started"] == start["started"] and end["unfinished"] == 1 and end["wall_s"] > 0
     assert len(plan(load_sweep(f), storage, resume=True)) == 1  # resumable, nothing lost
