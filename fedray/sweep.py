@@ -205,8 +205,9 @@ def run_sweep(
         wall = time.time() - started
         rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
         unfinished = [r for r in rows if r["status"] not in FINISHED]
-        _append_line(log, {"started": started, "wall_s": wall, "trials_run": len(todo), "unfinished": len(unfinished)})
-    print(f"sweep {sweep.name}: {len(todo)} trials run in {wall:.0f} s; results in {storage}")
+        # "trials_to_run" as in the start line: those planned this sitting, not those Tune got to.
+        _append_line(log, {"started": started, "wall_s": wall, "trials_to_run": len(todo), "unfinished": len(unfinished)})
+    print(f"sweep {sweep.name}: a sitting of {wall:.0f} s for {len(todo)} trials to run; results in {storage}")
     for r in rows:
         rtt = "—" if r["rounds_to_target"] is None else f"{r['rounds_to_target']:.1f}"
         print(f"  {r['key']}: {r['status']}, rounds to target {rtt}")

@@ -144,9 +144,9 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
         assert list(h["round"]) == list(range(1, len(h) + 1))
     # The killed sitting is dated by the line it wrote at its start; the resumed one by two.
     log = [json.loads(line) for line in (storage / "sweep_runs.jsonl").read_text().splitlines()]
-    assert [sorted(e) for e in log] == [["started", "trials_to_run"]] * 2 + [["started", "trials_run", "unfinished", "wall_s"]]
+    assert [sorted(e) for e in log] == [["started", "trials_to_run"]] * 2 + [["started", "trials_to_run", "unfinished", "wall_s"]]
     assert log[0]["trials_to_run"] == 4 and log[1]["started"] == log[2]["started"] > log[0]["started"]
-    assert log[2]["trials_run"] == len(todo) and log[2]["wall_s"] > 0 and log[2]["unfinished"] == 0
+    assert log[2]["trials_to_run"] == len(todo) and log[2]["wall_s"] > 0 and log[2]["unfinished"] == 0
 
 
 def test_unfinished_trial_without_checkpoint_restarts_and_keeps_its_earlier_history(local_ray, tmp_path, capsys):
