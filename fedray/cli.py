@@ -93,6 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--worker-cpus: got {args.worker_cpus}; allowed: a number > 0")
     if not (0 <= args.worker_gpus <= 1 or float(args.worker_gpus).is_integer()):
         raise ConfigError(f"--worker-gpus: got {args.worker_gpus}; allowed: a fraction in [0, 1] or a whole number")
+    if args.workers == 0:
+        from .local import pick_device
+
+        pick_device(args.device)  # a bad --device fails here, before the run directory is made
     from .runner import prepare_run_dir, sigterm_as_ctrl_c
 
     prepare_run_dir(out, force=args.force, resume=bool(args.resume))

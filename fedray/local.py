@@ -12,7 +12,7 @@ import torch
 
 from . import models
 from .client import Schedule, evaluate, train_models
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .fedavg import ServerState
 from .partition import make_partition
 from .runner import RunResult, load_checkpoint, note_resumed, prepare_run_dir, run_rounds, write_config
@@ -29,9 +29,19 @@ class Data:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device and device != "auto":
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Checked up front, because torch accepts torch.device("cuda") on a machine without CUDA and
+    fails only at the first tensor moved, after the run directory exists."""
+    if not device or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    here = "auto, cpu" + (", cuda" if n else "") + "".join(f", cuda:{i}" for i in range(n))
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device: got {device!r}; allowed: auto | cpu | cuda | cuda:N (here: {here})") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (dev.index or 0) >= n):
+        raise ConfigError(f"--device: got {device!r}; allowed on this machine ({n} CUDA devices): {here}")
+    return dev
 
 
 def load_data(dataset: str = "mnist", device: torch.device | str = "cpu", root: str | None = None) -> Data:

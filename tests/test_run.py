@@ -62,6 +62,13 @@ def test_bad_flag_names_the_field(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:99", "gpu0"])
+def test_a_device_this_machine_lacks_is_refused_before_the_run_directory_exists(tmp_path, device):
+    r = fedray("run", "--workers", "0", "--device", device, "--dataset", "synthetic", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and f"--device: got '{device}'" in r.stderr and "auto, cpu" in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_divergence_is_recorded_not_a_crash(tmp_path):
     cfg = ExperimentConfig(dataset="synthetic", K=10, C=0.2, lr=1e6, rounds=20)
     res = run_local(cfg, tmp_path / "d", data=synthetic_data())
