@@ -37,9 +37,9 @@ def pick_device(device: str | None = None) -> torch.device:
     here = "auto, cpu" + (", cuda" if n else "") + "".join(f", cuda:{i}" for i in range(n))
     try:
         dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"--device: got {device!r}; allowed: auto | cpu | cuda | cuda:N (here: {here})") from None
-    if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (dev.index or 0) >= n):
+    except RuntimeError:  # a string torch cannot parse, such as "gpu0"
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and (dev.index or 0) >= n):
         raise ConfigError(f"--device: got {device!r}; allowed on this machine ({n} CUDA devices): {here}")
     return dev
 
