@@ -100,6 +100,7 @@ def run_local(
     method: str = "auto",
     on_row=None,
     meta: dict[str, Any] | None = None,
+    behind=None,
 ) -> RunResult:
     dev = pick_device(device)
     if out is not None:
@@ -119,5 +120,5 @@ def run_local(
             write_config(out, cfg, {"device": str(dev), "runtime": {"engine": "local", "method": method}, **(meta or {})})
     return run_rounds(
         cfg, partition, make_train(cfg, data, method), make_evaluate(cfg, data), state,
-        history=history, out=out, on_row=on_row,
+        history=history, out=out, on_row=on_row, behind=behind,
     )  # fmt: skip

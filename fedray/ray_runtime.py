@@ -137,13 +137,13 @@ class Driver:
             out[f"{split}_accuracy"], out[f"{split}_loss"] = correct / count, loss / count
         return out
 
-    def run(self, checkpoint_every: int) -> dict[str, Any]:
+    def run(self, checkpoint_every: int, behind=None) -> dict[str, Any]:
         def on_row(row: dict) -> None:
             with self.lock:
                 self.rows.append(row)
 
         r = run_rounds(self.cfg, self.partition, self.train, self.evaluate, self.state, history=self.history,
-                       out=self.out, checkpoint_every=checkpoint_every, on_row=on_row)  # fmt: skip
+                       out=self.out, checkpoint_every=checkpoint_every, on_row=on_row, behind=behind)  # fmt: skip
         self.state, self.history = r.state, r.history
         return {"status": r.status, "round": r.state.round, "w": r.state.w, "history": r.history}
 
@@ -188,6 +188,7 @@ def run_ray(
     checkpoint_every: int = 10,
     dashboard: bool = False,
     on_driver=None,
+    behind=None,
 ) -> RunResult:
     if out is not None:
         prepare_run_dir(out, force=force, resume=resume)
@@ -210,7 +211,7 @@ def run_ray(
     driver = Driver.options(**opts).remote(cfg, str(out) if out else None, arrays, workers, num_cpus, num_gpus, resume, meta, pg)
     if on_driver is not None:
         on_driver(driver)
-    job = driver.run.remote(checkpoint_every)
+    job = driver.run.remote(checkpoint_every, behind)
     try:
         while True:
             ready, _ = ray.wait([job], timeout=0.2)

@@ -30,7 +30,7 @@ from .curves import monotone, rounds_to_target
 from .runs import KEY, load_results, run_summary
 
 __all__ = ["monotone", "rounds_to_target", "load_results", "per_lr_table", "best_lr", "edge_flag",
-           "summarize", "behind_best", "paper_cells", "settings_table", "write_report", "main_report",
+           "summarize", "behind_best", "runs_behind", "paper_cells", "settings_table", "write_report", "main_report",
            "add_report_parser", "run_report", "u_of", "run_summary"]  # fmt: skip
 u_of, settings_table = P.u_of, P.settings_table
 
@@ -88,8 +88,8 @@ def edge_flag(grid, lr: float) -> str:
     return "lowest lr of grid" if lr == grid[0] else "highest lr of grid" if lr == grid[-1] else ""
 
 
-def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> int:
-    """How many of a setting's unfinished trials cannot change its rounds, whatever they do next.
+def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str]:
+    """The `path`s of a setting's unfinished trials that cannot change its rounds, whatever they do next.
     b, the best rate, must have reached on every seed with none unfinished. Another rate is then
     out of the race if one of its finished seeds missed the target (it can never count as reached),
     or if every seed of it crossed, or is evaluated still below the target, after the best's
@@ -97,10 +97,10 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> int:
     its mean over any shared seeds exceeds the best's. It must also have run every seed a reached
     rate ran, or adding it could narrow the seeds the rates are compared on."""
     if not b["reached"] or b["unfinished"]:
-        return 0
+        return []
     slowest = max(b["rtt_by_seed"].values())
     seeds_used = set().union(*per_lr.loc[per_lr["reached"], "rtt_by_seed"])
-    n = 0
+    out = []
     for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
         t = g[g["lr"] == row.lr]
         missed = any(np.isnan(row.rtt_by_seed[s]) and not u for s, u in zip(t["seed"], t["unfinished"]))
@@ -108,13 +108,14 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> int:
                     else u and len(h) > 0 and h["round"].iloc[-1] >= slowest
                     for s, u, h in zip(t["seed"], t["unfinished"], t["history"]))  # fmt: skip
         if missed or (after and set(t["seed"]) >= seeds_used):
-            n += row.unfinished
-    return n
+            out += list(t.loc[t["unfinished"], "path"])
+    return out
 
 
 def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     """One row per setting (KEY): best lr and its rounds to target (mean, std over seeds), the grid,
-    the edge flag, per-lr details (`per_lr`), run indices per lr (`trials`), diverged runs.
+    the edge flag, per-lr details (`per_lr`), run indices per lr (`trials`), diverged runs, the
+    unfinished runs already behind the best (`behind_runs`, their count `behind`).
     `target` replaces every run's own target (the paper tables use the paper's)."""
     if runs.empty:
         return pd.DataFrame(columns=KEY)
@@ -132,15 +133,23 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
         grid = list(per_lr["lr"])
         # A best rate with no finished trial yet says nothing about the grid's ends.
         edge = edge_flag(grid, b["lr"]) if b["unfinished"] < b["seeds"] else ""
+        behind = behind_best(g, per_lr, b)
         out.append({**s, "u": u_of(s["E"], s["B"], s["K"]), "best_lr": b["lr"], "grid": grid,
                     "edge": edge, "reached_seeds": int(b["reached_seeds"]),
                     "seeds": int(b["seeds"]), "rounds": b["rounds_mean"] if b["reached"] else math.nan,
                     "rounds_std": b["rounds_std"] if b["reached"] else math.nan, "best_acc": b["acc_mean"],
                     "last_acc": b["last_acc"], "budget": int(g["rounds"].max()), "n_trials": len(g),
                     "run_target": g["run_target"].min(), "unfinished": int(g["unfinished"].sum()),
-                    "behind": behind_best(g, per_lr, b), "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
+                    "behind": len(behind), "behind_runs": behind, "diverged": sorted(g.loc[g["diverged"], "run"]), "per_lr": per_lr,
                     "trials": {lr: list(t.index) for lr, t in g.groupby("lr")}})  # fmt: skip
     return pd.DataFrame(out)
+
+
+def runs_behind(results_dir: str | Path) -> set[str]:
+    """The resolved paths of the unfinished runs under results_dir already behind the best of
+    their setting (`behind_best`): a sweep stops such a trial, and --resume does not run it again."""
+    runs = load_results(results_dir)
+    return {str(Path(p).resolve()) for ps in summarize(runs).get("behind_runs", []) for p in ps}
 
 
 def paper_cells(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:

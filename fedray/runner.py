@@ -79,7 +79,7 @@ class RunDirExists(FileExistsError):
 
 @dataclass
 class RunResult:
-    status: str  # completed | reached | diverged | interrupted
+    status: str  # completed | reached | diverged | behind | interrupted
     state: ServerState
     history: list[dict[str, Any]] = field(default_factory=list)
     rounds_to_target: float = math.nan
@@ -225,11 +225,14 @@ def run_rounds(
     checkpoint_every: int = 10,
     checkpoint_s: float = CHECKPOINT_S,
     on_row: Callable[[dict], None] | None = None,
+    behind: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Run rounds state.round+1 .. cfg.rounds (or until the stopping rule), evaluating every
     cfg.eval_every rounds. With `out`, history.csv is rewritten after every evaluation and a
     checkpoint every `checkpoint_every` rounds or `checkpoint_s` seconds, whichever comes first;
-    a KeyboardInterrupt keeps both and returns."""
+    a KeyboardInterrupt keeps both and returns. `behind()`, asked after each evaluation below the
+    target, stops the run as "behind" when it says other runs have settled the result (a sweep's
+    better learning rate, report.is_behind)."""
     history = list(history or [])
     per_round_bytes = cfg.m * models.nbytes(state.w)
     t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
@@ -280,6 +283,9 @@ def run_rounds(
                 on_row({**row, "diverged": stop})
             if stop:
                 status = "diverged"
+                break
+            if behind is not None and reached_at is None and behind():
+                status = "behind"
                 break
     except KeyboardInterrupt:
         status = "interrupted"

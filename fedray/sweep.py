@@ -7,6 +7,9 @@ Layout under the storage directory (default ./results/<name>):
 A trial whose summary.json says it finished is never run again: `--resume` (or a copy of the
 trials/ folder on another machine) runs only what is missing, from its last checkpoint, or from
 round 0 when it has none (its earlier history.csv then kept as history.before_restart_<time>.csv).
+A trial that can no longer change its setting's rounds to target, evaluated below the target past
+the crossing of a better rate that finished (`report.behind_best`), is stopped as "behind" and is
+not run again by --resume while that holds (fused trials run their whole budget).
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ def plan(sweep: Sweep, storage: Path, resume: bool) -> list[tuple[ExperimentConf
             f"{storage} already holds results of this sweep; use --resume to run only the "
             f"unfinished trials, or another --storage"
         )
+    if any(s == "partial" for s in states.values()):
+        from .report import runs_behind
+
+        behind = runs_behind(storage)
+        for _, d in todo:
+            if str(d.resolve()) in behind:
+                print(f"  {d.name}: unfinished, already behind the best rate of its setting; not run again")
+        todo = [(c, d) for c, d in todo if str(d.resolve()) not in behind]
     return todo
 
 
@@ -92,6 +103,26 @@ def bundles(runtime: dict[str, Any]) -> list[dict[str, float]]:
     return placement_bundles(int(runtime["workers"]), cpus, gpus)
 
 
+def _behind_check(out: Path):
+    """`report.runs_behind` for one trial, asked at most once per 20x what the last answer cost,
+    so that reading the sweep's histories stays near 5% of the trial's time, however short its
+    rounds (a CNN round of ~20 s asks every round; a 2NN round of ~0.1 s, every few)."""
+    from .report import runs_behind
+
+    me, storage, next_at = str(out.resolve()), out.parent.parent, 0.0
+
+    def behind() -> bool:
+        nonlocal next_at
+        t = time.perf_counter()
+        if t < next_at:
+            return False
+        answer = me in runs_behind(storage)
+        next_at = time.perf_counter() + 20 * (time.perf_counter() - t)
+        return answer
+
+    return behind
+
+
 def _trainable(config: dict[str, Any]) -> None:
     import ray
     from ray import tune
@@ -116,13 +147,14 @@ def _trainable(config: dict[str, Any]) -> None:
 
         torch.set_num_threads(max(1, int(rt["worker_cpus"])))
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        result = run_local(cfg, out, device=device, resume=resume, force=True, on_row=on_row, meta=meta)
+        result = run_local(cfg, out, device=device, resume=resume, force=True, on_row=on_row, meta=meta,
+                           behind=_behind_check(out))  # fmt: skip
     else:
         from .ray_runtime import run_ray
 
         result = run_ray(
             cfg, out, workers=int(rt["workers"]), num_cpus=rt["worker_cpus"],
-            num_gpus=rt["worker_gpus"], resume=resume, force=True, on_row=on_row,
+            num_gpus=rt["worker_gpus"], resume=resume, force=True, on_row=on_row, behind=_behind_check(out),
         )  # fmt: skip
     if not result.history:
         tune.report({"round": result.state.round, "diverged": result.status == "diverged"})
@@ -195,7 +227,7 @@ def run_sweep(
     # Logged now as well as at the end: a sweep longer than a sitting may be killed, not ended, and
     # the report's span for it still starts at its first sitting.
     _append_line(log, {"started": started, "trials_to_run": len(todo)})
-    print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished, {len(todo)} to run")
+    print(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(sweep.trials) - len(todo)} already finished or behind, {len(todo)} to run")
     for d, kept in keep_restarted_histories([d for _, d in todo], started):
         print(f"  {d.name}: no checkpoint.pt, restarts from round 0; its earlier history is kept as {kept.name}")
     try:
@@ -203,8 +235,11 @@ def run_sweep(
             _fit(sweep, storage, todo, address, dashboard)
     finally:  # also after a second Ctrl-C aborts Tune: the report dates this sitting by its end line
         wall = time.time() - started
-        rows = [_trial_row(c, storage / "trials" / trial_key(c)) for c in sweep.trials]
-        unfinished = [r for r in rows if r["status"] not in FINISHED]
+        from .report import runs_behind
+
+        behind = runs_behind(storage)
+        rows = [_trial_row(c, storage / "trials" / trial_key(c), behind) for c in sweep.trials]
+        unfinished = [r for r in rows if r["status"] not in FINISHED and not r["behind"]]
         # "trials_to_run" as in the start line: those planned this sitting, not those Tune got to.
         _append_line(log, {"started": started, "wall_s": wall, "trials_to_run": len(todo), "unfinished": len(unfinished)})
     print(f"sweep {sweep.name}: a sitting of {wall:.0f} s for {len(todo)} trials to run; results in {storage}")
@@ -256,13 +291,16 @@ def _append_line(log: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _trial_row(cfg: ExperimentConfig, d: Path) -> dict[str, Any]:
+def _trial_row(cfg: ExperimentConfig, d: Path, behind: set[str]) -> dict[str, Any]:
     s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
     status = s.get("status")
     if status is None:  # stopped (Ctrl-C, SIGTERM, a crash) before its summary: say how far it got
         rows = (d / "history.csv").read_text().splitlines()[1:] if (d / "history.csv").exists() else []
         status = f"unfinished at round {rows[-1].split(',', 1)[0]}" if rows else "not run"
-    return {"key": d.name, "status": status, "rounds_to_target": s.get("rounds_to_target")}
+    is_behind = str(d.resolve()) in behind
+    if is_behind and status != "behind":
+        status += ", behind the best"
+    return {"key": d.name, "status": status, "rounds_to_target": s.get("rounds_to_target"), "behind": is_behind}
 
 
 def _write_sweep_json(storage: Path, sweep: Sweep, source: dict[str, Any] | None) -> None:

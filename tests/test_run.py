@@ -238,3 +238,31 @@ def test_a_run_stuck_at_chance_after_learning_stops_as_diverged(tmp_path, accura
 def test_collapse_rounds_must_be_a_count():
     with pytest.raises(ValueError, match=r"collapse_rounds: got -1; allowed: an integer >= 0"):
         ExperimentConfig(collapse_rounds=-1)
+
+
+def test_behind_stops_a_run_below_the_target_and_is_not_asked_once_it_reached(tmp_path):
+    # w_t = t and accuracy t/10: the target 0.5 is reached at round 5, then 2 extra rounds.
+    cfg = ExperimentConfig(K=4, C=0.5, rounds=30, target=0.5, stop_at_target=True, extra_rounds=2)
+    parts = [np.arange(k * 5, k * 5 + 5) for k in range(4)]
+
+    def train(w, schedules, lrs):
+        return {"w": torch.stack([w["w"] + 1] * len(schedules))}
+
+    def evaluate(w, with_train_loss):
+        return {"test_accuracy": w["w"].item() / 10, "test_loss": 1.0}
+
+    asked = []
+
+    def behind_from_round_3():
+        asked.append(len(asked) + 1)
+        return len(asked) >= 3
+
+    r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), out=tmp_path,
+                   behind=behind_from_round_3)  # fmt: skip
+    assert r.status == "behind" and r.state.round == 3 and math.isnan(r.rounds_to_target)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "behind"
+    assert pd.read_csv(tmp_path / "history.csv")["round"].tolist() == [1, 2, 3]
+    asked.clear()
+    r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), behind=lambda: asked.append(1))
+    # Asked after rounds 1-4 only: a run that reached the target ends as reached, whatever others did.
+    assert r.status == "reached" and r.state.round == 7 and r.rounds_to_target == 5.0 and len(asked) == 4

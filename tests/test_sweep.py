@@ -215,3 +215,29 @@ def test_fused_sweep_writes_one_trial_dir_per_lr(local_ray, tmp_path):
         d = tmp_path / "f" / "trials" / trial_key(cfg)
         assert json.loads((d / "config.json").read_text())["meta"]["runtime"]["engine"] == "fused"
         assert len(pd.read_csv(d / "history.csv")) >= 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # trained in the trial's process, or by a driver actor
+def test_a_rate_behind_a_finished_better_rate_is_stopped_and_not_run_again(local_ray, tmp_path, capsys, workers):
+    # 0.2 reaches 90% in a few rounds; 1e-5 barely moves and would use its 5000-round budget.
+    spec = {**TINY, "partition": "iid", "lr": {"values": [0.2, 1e-5]}, "target": 0.9, "max_rounds": 5000,
+            "workers": workers}  # fmt: skip
+    sweep = expand(spec)
+    storage = tmp_path / "s"
+    out = run_sweep(sweep, storage)
+    fast, slow = (storage / "trials" / trial_key(c) for c in sweep.trials)
+    best = json.loads((fast / "summary.json").read_text())
+    assert best["status"] == "reached"
+    h = pd.read_csv(slow / "history.csv")
+    # Stopped below the target once evaluated past the crossing of 0.2, long before its budget.
+    assert json.loads((slow / "summary.json").read_text())["status"] == "behind"
+    assert h["test_accuracy"].max() < 0.9 and best["rounds_to_target"] <= h["round"].iloc[-1] < 5000
+    assert out["unfinished"] == 0 and [r["behind"] for r in out["trials"]] == [False, True]
+    assert plan(sweep, storage, resume=True) == []
+    # As committed from another machine (no summary, no checkpoint): still skipped, history kept.
+    (slow / "summary.json").unlink()
+    (slow / "checkpoint.pt").unlink()
+    capsys.readouterr()
+    assert plan(sweep, storage, resume=True) == []
+    assert f"{slow.name}: unfinished, already behind the best rate of its setting; not run again" in capsys.readouterr().out
+    assert not list(slow.glob("history.before_restart_*")) and len(pd.read_csv(slow / "history.csv")) == len(h)
