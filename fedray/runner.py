@@ -230,9 +230,10 @@ def run_rounds(
     """Run rounds state.round+1 .. cfg.rounds (or until the stopping rule), evaluating every
     cfg.eval_every rounds. With `out`, history.csv is rewritten after every evaluation and a
     checkpoint every `checkpoint_every` rounds or `checkpoint_s` seconds, whichever comes first;
-    a KeyboardInterrupt keeps both and returns. `behind()`, asked after each evaluation below the
-    target, stops the run as "behind" when it says other runs have settled the result (a sweep's
-    better learning rate, report.is_behind)."""
+    a KeyboardInterrupt keeps both and returns. With cfg.stop_at_target, `behind()`, asked after
+    each evaluation below the target, stops the run as "behind" when it says other runs have
+    settled the rounds to target (a sweep's better learning rate, report.runs_behind); without
+    it, the curve is what is wanted and the run goes on."""
     history = list(history or [])
     per_round_bytes = cfg.m * models.nbytes(state.w)
     t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
@@ -284,7 +285,7 @@ def run_rounds(
             if stop:
                 status = "diverged"
                 break
-            if behind is not None and reached_at is None and behind():
+            if behind is not None and cfg.stop_at_target and reached_at is None and behind():
                 status = "behind"
                 break
     except KeyboardInterrupt:

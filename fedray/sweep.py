@@ -7,9 +7,10 @@ Layout under the storage directory (default ./results/<name>):
 A trial whose summary.json says it finished is never run again: `--resume` (or a copy of the
 trials/ folder on another machine) runs only what is missing, from its last checkpoint, or from
 round 0 when it has none (its earlier history.csv then kept as history.before_restart_<time>.csv).
-A trial that can no longer change its setting's rounds to target, evaluated below the target past
-the crossing of a better rate that finished (`report.behind_best`), is stopped as "behind" and is
-not run again by --resume while that holds (fused trials run their whole budget).
+A trial that stops at its target (the default) and can no longer change its setting's rounds to
+target, evaluated below the target past the crossing of a better rate that finished
+(`report.behind_best`), is stopped as "behind" and is not run again by --resume while that holds
+(fused trials, and trials with stop_at_target: false, run their whole budget).
 """
 
 from __future__ import annotations

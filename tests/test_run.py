@@ -266,3 +266,7 @@ def test_behind_stops_a_run_below_the_target_and_is_not_asked_once_it_reached(tm
     r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), behind=lambda: asked.append(1))
     # Asked after rounds 1-4 only: a run that reached the target ends as reached, whatever others did.
     assert r.status == "reached" and r.state.round == 7 and r.rounds_to_target == 5.0 and len(asked) == 4
+    # A run for its whole curve (stop_at_target off, e.g. the Figure 2 sweeps) is never stopped as behind.
+    cfg = ExperimentConfig(K=4, C=0.5, rounds=6, target=0.9, stop_at_target=False)
+    r = run_rounds(cfg, parts, train, evaluate, ServerState(0, {"w": torch.tensor(0.0)}), behind=lambda: True)
+    assert r.status == "completed" and r.state.round == 6
