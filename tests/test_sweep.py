@@ -111,6 +111,16 @@ def test_tiny_sweep_writes_results_and_more_trials_than_cpus_complete(local_ray,
     assert plan(sweep, tmp_path / "tiny", resume=True) == []
 
 
+def _wait_until_files_settle(d, quiet_s=2.0, timeout_s=60.0):
+    """Until no file below d has changed size or mtime for quiet_s seconds."""
+    snap = lambda: {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file()}  # noqa: E731
+    last, since, end = snap(), time.time(), time.time() + timeout_s
+    while time.time() - since < quiet_s and time.time() < end:
+        time.sleep(0.2)
+        if (now := snap()) != last:
+            last, since = now, time.time()
+
+
 def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
     spec = {**TINY, "partition": "iid", "lr": {"values": [0.2, 0.001, 0.0011, 0.0012]},
             "target": 0.9, "max_rounds": 150}  # fmt: skip
@@ -122,12 +132,14 @@ def test_interrupted_sweep_resumes_only_unfinished_trials(local_ray, tmp_path):
     trials = storage / "trials"
     deadline = time.time() + 240
     try:
-        # lr 0.2 reaches the target within a few rounds; the tiny ones run all 150 rounds.
+        # lr 0.2 reaches the target within a few rounds; the tiny ones would run all 150 rounds,
+        # but each is stopped as behind once evaluated past 0.2's crossing.
         while not list(trials.glob("*/summary.json")) and time.time() < deadline:
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    _wait_until_files_settle(trials)  # a trial process may outlive its driver by a moment
     finished = {p.parent.name: p.parent for p in trials.glob("*/summary.json")}
     assert finished, "no trial finished before the deadline"
     before = {k: {f.name: f.read_bytes() for f in d.iterdir()} for k, d in finished.items()}
