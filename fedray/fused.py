@@ -63,7 +63,7 @@ def run_fused(
     active = list(range(L))
     if outs is not None:
         for c, o in zip(cfgs, outs):
-            write_config(o, c, {"device": str(data.train_x.device), "runtime": {"engine": "fused", "lrs": L}, **(meta or {})})
+            write_config(o, c, {"device": str(data.train_x.device), "runtime": {"engine": "fused", "lrs": L, "threads": torch.get_num_threads()}, **(meta or {})})
     per_round_bytes = cfg0.m * models.nbytes(w0)
     t0, train_s = time.perf_counter(), 0.0
     saved_at = t0

@@ -113,11 +113,11 @@ def run_local(
     history = None
     if resume:
         state, history = load_checkpoint(out, dev)
-        note_resumed(out, state.round, str(dev))
+        note_resumed(out, state.round, str(dev), torch.get_num_threads())
     else:
         state = initial_state(cfg, dev)
         if out is not None:
-            write_config(out, cfg, {"device": str(dev), "runtime": {"engine": "local", "method": method}, **(meta or {})})
+            write_config(out, cfg, {"device": str(dev), "runtime": {"engine": "local", "method": method, "threads": torch.get_num_threads()}, **(meta or {})})
     return run_rounds(
         cfg, partition, make_train(cfg, data, method), make_evaluate(cfg, data), state,
         history=history, out=out, on_row=on_row, behind=behind,

@@ -94,13 +94,13 @@ class Driver:
 
         self.cfg, self.out = cfg, Path(out) if out else None
         bundles = placement_bundles(workers, num_cpus, num_gpus)
-        self.workers = []
+        self.workers, threads = [], max(1, round(num_cpus))  # torch threads of each worker
         for i, b in enumerate(bundles[1:]):
             opts: dict[str, Any] = {"num_cpus": b["CPU"], "num_gpus": b.get("GPU", 0),
                                     "max_restarts": 3, "max_task_retries": 3}  # fmt: skip
             if pg is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i + 1)
-            self.workers.append(ClientWorker.options(**opts).remote(cfg.model, arrays, max(1, round(num_cpus))))
+            self.workers.append(ClientWorker.options(**opts).remote(cfg.model, arrays, threads))
         self.info = ray.get([w.info.remote() for w in self.workers])
         labels = ray.get(arrays[1])
         self.partition = make_partition(cfg.partition, labels, cfg.K, cfg.seed, cfg.alpha)
@@ -108,12 +108,13 @@ class Driver:
         devices = ",".join(sorted({i["device"] for i in self.info}))
         if resume:
             self.state, self.history = load_checkpoint(self.out)
-            note_resumed(self.out, self.state.round, devices)
+            note_resumed(self.out, self.state.round, devices, threads)
         else:
             self.state, self.history = initial_state(cfg, "cpu"), []
             if self.out is not None:
                 meta = {**meta, "device": devices,
-                        "runtime": {**meta.get("runtime", {}), "nodes": sorted({i["node"] for i in self.info})}}  # fmt: skip
+                        "runtime": {**meta.get("runtime", {}), "threads": threads,
+                                    "nodes": sorted({i["node"] for i in self.info})}}  # fmt: skip
                 write_config(self.out, cfg, meta)
         self.rows: list[dict] = []
         self.lock = threading.Lock()

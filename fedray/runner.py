@@ -145,12 +145,14 @@ def write_config(out: Path, cfg: ExperimentConfig, meta: dict[str, Any]) -> None
     atomic_write(Path(out) / "config.json", json.dumps({**cfg.to_dict(), "meta": meta}, indent=2))
 
 
-def note_resumed(out: Path, round: int, device: str) -> None:
-    """A run resumed from its checkpoint may go on on another machine: config.json keeps the first
-    sitting's hardware and gains an entry per resumption, so its wall-clock stays attributable."""
+def note_resumed(out: Path, round: int, device: str, threads: int) -> None:
+    """A run resumed from its checkpoint may go on on another machine, or with another number of
+    torch threads (a CNN round at E=20, B=10 took 58 s with 2 and 93 s with 1): config.json keeps the
+    first sitting's and gains an entry per resumption, so its wall-clock stays attributable."""
     p = Path(out) / "config.json"
     d = json.loads(p.read_text())
-    entry = {"round": round, "hostname": platform.node(), "cpu": cpu_name(), "device": device, "at": time.time()}
+    entry = {"round": round, "hostname": platform.node(), "cpu": cpu_name(), "device": device,
+             "threads": threads, "at": time.time()}  # fmt: skip
     d.setdefault("meta", {}).setdefault("resumed", []).append(entry)
     atomic_write(p, json.dumps(d, indent=2))
 

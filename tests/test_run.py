@@ -131,7 +131,8 @@ def test_ctrl_c_keeps_the_history_and_resume_finishes_the_same(tmp_path):
     r = fedray("run", "--resume", str(out), "--no-progress", "--workers", "0")
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "config.json").read_text())["meta"]  # the second sitting is on record
-    assert [(e["round"], e["cpu"], e["device"]) for e in meta["resumed"]] == [(len(h), meta["cpu"], "cpu")]
+    assert [(e["round"], e["cpu"], e["device"], e["threads"]) for e in meta["resumed"]] == [
+        (len(h), meta["cpu"], "cpu", meta["runtime"]["threads"])]  # fmt: skip
     resumed = pd.read_csv(out / "history.csv")
     full = run_local(ExperimentConfig(dataset="synthetic", K=10, C=0.5, lr=0.05, rounds=400), data=synthetic_data())
     assert list(resumed["round"]) == list(range(1, 401))

@@ -99,6 +99,7 @@ def test_tiny_sweep_writes_results_and_more_trials_than_cpus_complete(local_ray,
         h = pd.read_csv(d / "history.csv")
         saved = json.loads((d / "config.json").read_text())
         assert saved["lr"] == cfg.lr and saved["partition"] == cfg.partition and saved["B"] == 10
+        assert saved["meta"]["runtime"]["threads"] == 1  # worker_cpus: 1, so one torch thread
         summary = json.loads((d / "summary.json").read_text())
         assert summary["status"] in ("completed", "reached")
         assert list(h["round"]) == list(range(1, len(h) + 1)) and len(h) <= 3
@@ -214,7 +215,7 @@ def test_trials_with_driver_and_worker_actors_queue_without_hanging(local_ray, t
     assert out["unfinished"] == 0
     for cfg in sweep.trials:
         meta = json.loads((tmp_path / "w" / "trials" / trial_key(cfg) / "config.json").read_text())["meta"]
-        assert meta["runtime"]["engine"] == "ray" and meta["runtime"]["workers"] == 1
+        assert meta["runtime"]["engine"] == "ray" and meta["runtime"]["workers"] == 1 and meta["runtime"]["threads"] == 1
 
 
 def test_fused_sweep_writes_one_trial_dir_per_lr(local_ray, tmp_path):
@@ -225,7 +226,7 @@ def test_fused_sweep_writes_one_trial_dir_per_lr(local_ray, tmp_path):
     assert len(tune_trials) == 2  # one Tune trial per setting, each training both lrs
     for cfg in sweep.trials:
         d = tmp_path / "f" / "trials" / trial_key(cfg)
-        assert json.loads((d / "config.json").read_text())["meta"]["runtime"]["engine"] == "fused"
+        assert json.loads((d / "config.json").read_text())["meta"]["runtime"] == {"engine": "fused", "lrs": 2, "threads": 1}
         assert len(pd.read_csv(d / "history.csv")) >= 1
 
 
