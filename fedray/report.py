@@ -80,12 +80,18 @@ def best_lr(per_lr: pd.DataFrame) -> pd.Series:
     return rows.sort_values(["_key", "lr"], ascending=[False, True], na_position="last").iloc[0].drop("_key")
 
 
-def edge_flag(grid, lr: float) -> str:
-    """Why the grid may be too narrow (the paper checked its best rates were mid-grid), or ''."""
+def edge_flag(grid, lr: float, open_lrs=()) -> str:
+    """Why the grid may be too narrow (the paper checked its best rates were mid-grid), or ''.
+    `open_lrs`, rates with a trial not finished (nor behind the best), do not yet bracket lr: a
+    mid-grid best whose neighbours on one side have not run is not known to be inside the grid."""
     grid = sorted(grid)
     if len(grid) < 3:
         return "grid too small"
-    return "lowest lr of grid" if lr == grid[0] else "highest lr of grid" if lr == grid[-1] else ""
+    if lr == grid[0] or lr == grid[-1]:
+        return "lowest lr of grid" if lr == grid[0] else "highest lr of grid"
+    sides = [side for side, rates in (("below", [x for x in grid if x < lr]), ("above", [x for x in grid if x > lr]))
+             if set(rates) <= set(open_lrs)]  # fmt: skip
+    return f"no finished lr {' or '.join(sides)} it" if sides else ""
 
 
 def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str]:
@@ -131,9 +137,10 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
         per_lr = per_lr_table(g, s["target"])
         b = best_lr(per_lr)
         grid = list(per_lr["lr"])
-        # A best rate with no finished trial yet says nothing about the grid's ends.
-        edge = edge_flag(grid, b["lr"]) if b["unfinished"] < b["seeds"] else ""
         behind = behind_best(g, per_lr, b)
+        open_lrs = set(g.loc[g["unfinished"] & ~g["path"].isin(behind), "lr"])
+        # A best rate with no finished trial yet says nothing about the grid's ends.
+        edge = edge_flag(grid, b["lr"], open_lrs) if b["unfinished"] < b["seeds"] else ""
         out.append({**s, "u": u_of(s["E"], s["B"], s["K"]), "best_lr": b["lr"], "grid": grid,
                     "edge": edge, "reached_seeds": int(b["reached_seeds"]),
                     "seeds": int(b["seeds"]), "rounds": b["rounds_mean"] if b["reached"] else math.nan,
@@ -175,7 +182,8 @@ NOTE = ("Rounds to reach the target test accuracy at the best learning rate per 
         "(best-so-far) curve's first crossing, interpolated between evaluated rounds. Each cell: ours "
         "(the paper's) ×ours/paper; then the speedup against the table's baseline row, ours (the paper's). "
         "— = not reached within our budget (or, in parentheses, in the paper); ⚑ = the best learning rate "
-        "is at an end of its grid or the grid has fewer than 3 values. The paper tables use the paper's "
+        "is at an end of its grid, or the grid has fewer than 3 values, or no rate on one side of it has "
+        "finished (so it is not yet known to be inside the grid). The paper tables use the paper's "
         "target whatever target the runs stopped at. With several seeds: mean over seeds, best lr among "
         "those where every seed reached.")  # fmt: skip
 

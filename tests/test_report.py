@@ -72,6 +72,12 @@ def test_edge_flags():
     grid = [0.01, 0.1, 1.0]
     assert [edge_flag(grid, lr) for lr in grid] == ["lowest lr of grid", "", "highest lr of grid"]
     assert edge_flag([0.1, 1.0], 0.1) == "grid too small" and edge_flag([0.1], 0.1) == "grid too small"
+    # Mid-grid, but every rate on one side still open: not yet known to be inside the grid.
+    grid = [0.01, 0.03, 0.1, 0.3, 1.0]
+    assert edge_flag(grid, 0.1, {0.3, 1.0}) == "no finished lr above it"
+    assert edge_flag(grid, 0.1, {0.01, 0.03, 1.0}) == "no finished lr below it"
+    assert edge_flag(grid, 0.1, {0.01, 0.03, 0.3, 1.0}) == "no finished lr below or above it"
+    assert edge_flag(grid, 0.1, {0.03, 1.0}) == "" and edge_flag(grid, 1.0, {0.1}) == "highest lr of grid"
 
 
 # --- synthetic run directories --------------------------------------------------------------
@@ -145,8 +151,8 @@ def test_an_unfinished_trial_already_behind_the_best_leaves_the_cell_final(tmp_p
     _run(tmp_path, "high", 0.3, [0.5, 0.6], status=None)  # may still cross in (2, 3]: before 2.5?
     runs = load_results(tmp_path)
     s = summarize(runs).iloc[0]
-    assert s["unfinished"] == 1 and s["behind"] == 0
-    assert paper_cells(runs)["table1"].query("ran")["cell"].tolist() == ["2.5 (87) ×0.03 (1 trial unfinished)"]
+    assert s["unfinished"] == 1 and s["behind"] == 0 and s["edge"] == "no finished lr above it"
+    assert paper_cells(runs)["table1"].query("ran")["cell"].tolist() == ["2.5 (87) ×0.03 (1 trial unfinished) ⚑"]
     # One more round below the target: its crossing now comes after round 3 > 2.5, so it is out.
     pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.5, 0.6, 0.7], "test_loss": 0.1}).to_csv(tmp_path / "high" / "history.csv")
     runs = load_results(tmp_path)
@@ -190,11 +196,12 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     assert sorted(runs["status"]) == ["not started", "not started", "reached"]
     summary = summarize(runs)
     s = summary.iloc[0]
-    # Reached at 2 + 0.01/0.02 = 2.5 rounds, mid-grid; the two rates not run yet may still beat it.
+    # Reached at 2 + 0.01/0.02 = 2.5 rounds, mid-grid; the two rates not run yet may still beat it,
+    # so it is not yet known to be inside the grid.
     assert s["best_lr"] == 0.1 and s["rounds"] == pytest.approx(2.5) and s["grid"] == [0.05, 0.1, 0.2]
-    assert s["unfinished"] == 2 and s["edge"] == "" and s["n_trials"] == 3
+    assert s["unfinished"] == 2 and s["edge"] == "no finished lr below or above it" and s["n_trials"] == 3
     t1 = paper_cells(runs)["table1"]
-    assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (2 trials unfinished)"]
+    assert t1.loc[t1["ran"], "cell"].tolist() == ["2.5 (87) ×0.03 (2 trials unfinished) ⚑"]
     ax = grid_figures(runs, summary)["grid_2nn_iid_C0.1_E1_B10_t0.97.png"].axes[0]
     assert len(ax.texts) == 0 and ax.get_xlim()[1] >= 3  # the one history drawn, rounds 1 to 3
     lines = run_summary(runs, tmp_path)
@@ -204,7 +211,7 @@ def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp
     assert "grid_2nn_iid_C0.1_E1_B10_t0.97.png" in info["figures"] and "(2 trials unfinished)" in info["markdown"]
     _run(tmp_path, "elsewhere", 0.2, [0.9, 0.95])  # 0.2 ran outside the sweep's folder: not missing
     runs = load_results(tmp_path)
-    assert summarize(runs).iloc[0]["unfinished"] == 1
+    assert summarize(runs).iloc[0][["unfinished", "edge"]].tolist() == [1, "no finished lr below it"]
     assert run_summary(runs, tmp_path)[4] == f"1 trial of sweep files not started (or not committed): half/trials/{trial_key(sweep.trials[0])}"
 
 
