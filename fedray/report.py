@@ -87,10 +87,10 @@ def edge_flag(grid, lr: float, open_lrs=()) -> str:
     grid = sorted(grid)
     if len(grid) < 3:
         return "grid too small"
-    if lr == grid[0] or lr == grid[-1]:
+    if lr in (grid[0], grid[-1]):
         return "lowest lr of grid" if lr == grid[0] else "highest lr of grid"
-    sides = [side for side, rates in (("below", [x for x in grid if x < lr]), ("above", [x for x in grid if x > lr]))
-             if set(rates) <= set(open_lrs)]  # fmt: skip
+    below, above = {x for x in grid if x < lr}, {x for x in grid if x > lr}
+    sides = [side for side, rates in (("below", below), ("above", above)) if rates <= set(open_lrs)]
     return f"no finished lr {' or '.join(sides)} it" if sides else ""
 
 
