@@ -152,11 +152,11 @@ def summarize(runs: pd.DataFrame, target: float | None = None) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def runs_behind(results_dir: str | Path) -> set[str]:
+def runs_behind(results_dir: str | Path) -> set[Path]:
     """The resolved paths of the unfinished runs under results_dir already behind the best of
     their setting (`behind_best`): a sweep stops such a trial, and --resume does not run it again."""
     runs = load_results(results_dir)
-    return {str(Path(p).resolve()) for ps in summarize(runs).get("behind_runs", []) for p in ps}
+    return {Path(p).resolve() for ps in summarize(runs).get("behind_runs", []) for p in ps}
 
 
 def paper_cells(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:

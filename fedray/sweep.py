@@ -69,9 +69,9 @@ def plan(sweep: Sweep, storage: Path, resume: bool) -> list[tuple[ExperimentConf
 
         behind = runs_behind(storage)
         for _, d in todo:
-            if str(d.resolve()) in behind:
+            if d.resolve() in behind:
                 print(f"  {d.name}: unfinished, already behind the best rate of its setting; not run again")
-        todo = [(c, d) for c, d in todo if str(d.resolve()) not in behind]
+        todo = [(c, d) for c, d in todo if d.resolve() not in behind]
     return todo
 
 
@@ -110,7 +110,7 @@ def _behind_check(out: Path):
     rounds (a CNN round of ~20 s asks every round; a 2NN round of ~0.1 s, every few)."""
     from .report import runs_behind
 
-    me, storage, next_at = str(out.resolve()), out.parent.parent, 0.0
+    me, storage, next_at = out.resolve(), out.parent.parent, 0.0
 
     def behind() -> bool:
         nonlocal next_at
@@ -292,13 +292,13 @@ def _append_line(log: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-def _trial_row(cfg: ExperimentConfig, d: Path, behind: set[str]) -> dict[str, Any]:
+def _trial_row(cfg: ExperimentConfig, d: Path, behind: set[Path]) -> dict[str, Any]:
     s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
     status = s.get("status")
     if status is None:  # stopped (Ctrl-C, SIGTERM, a crash) before its summary: say how far it got
         rows = (d / "history.csv").read_text().splitlines()[1:] if (d / "history.csv").exists() else []
         status = f"unfinished at round {rows[-1].split(',', 1)[0]}" if rows else "not run"
-    is_behind = str(d.resolve()) in behind
+    is_behind = d.resolve() in behind
     if is_behind and status != "behind":
         status += ", behind the best"
     return {"key": d.name, "status": status, "rounds_to_target": s.get("rounds_to_target"), "behind": is_behind}

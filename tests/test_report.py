@@ -161,7 +161,7 @@ def test_an_unfinished_trial_already_behind_the_best_leaves_the_cell_final(tmp_p
     assert paper_cells(runs)["table1"].query("ran")["cell"].tolist() == ["2.5 (87) ×0.03"]
     st = settings_table(summarize(runs), paper_cells(runs)).iloc[0]
     assert st["rounds to target"] == "2.5 (1/1 seeds); 1 trial unfinished, already behind the best"
-    assert runs_behind(tmp_path) == {str((tmp_path / "high").resolve())}  # what a sweep stops, or skips
+    assert runs_behind(tmp_path) == {(tmp_path / "high").resolve()}  # what a sweep stops, or skips
     # A best rate with a second seed that 0.3 has not run: 0.3 could narrow the shared seeds, so it stays open.
     _run(tmp_path, "best_s1", 0.1, [0.96, 0.98], seed=1)  # 1.5; the best's slowest seed is still 2.5
     assert summarize(load_results(tmp_path)).iloc[0]["behind"] == 0 and runs_behind(tmp_path) == set()
