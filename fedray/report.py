@@ -5,8 +5,9 @@ Method. Each trial's test-accuracy curve is made monotone (best so far) and its 
 the target interpolated between the evaluated rounds around it (`curves.rounds_to_target`).
 Diverged trials (summary says so, or a non-finite test loss) count as not reaching. A trial with
 no final summary (still running, or killed) is counted as unfinished, and its setting says so, unless
-it is already behind: evaluated, below the target, past every seed of a best rate that reached with
-no trial unfinished, so it cannot change the setting's rounds however it goes on. Per setting
+it is already behind a best rate that reached with no trial unfinished: even crossing right after
+its last evaluated round, its rate's mean would exceed the best's on the seeds they are compared
+on, so it cannot change the setting's rounds however it goes on (`behind_best`). Per setting
 the best learning rate is the one with the fewest rounds, mean over seeds, among those whose every
 seed reached (ties: the smaller lr); if none reached, the highest mean final monotone accuracy.
 Rates are compared on the seeds they share; the chosen rate's numbers are over all its seeds.
@@ -98,22 +99,29 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
     """The `path`s of a setting's unfinished trials that cannot change its rounds, whatever they do next.
     b, the best rate, must have reached on every seed with none unfinished. Another rate is then
     out of the race if one of its finished seeds missed the target (it can never count as reached),
-    or if every seed of it crossed, or is evaluated still below the target, after the best's
-    slowest seed: a crossing is interpolated strictly after the last round below the target, so
-    its mean over any shared seeds exceeds the best's. It must also have run every seed a reached
-    rate ran, or adding it could narrow the seeds the rates are compared on."""
+    or if it has run every seed the reached rates share (so reaching would not change the seeds
+    `best_lr` compares on) and, on those seeds, its mean rounds is already above the best's even
+    if every unfinished seed crossed right after its last evaluated round: a crossing is
+    interpolated strictly after the last round below the target, so that round bounds it below
+    (and a mean equal to the best's with such a bound in it is above it in fact).
+    Without shared seeds `best_lr` compares each rate's own mean, and so does this."""
     if not b["reached"] or b["unfinished"]:
         return []
-    slowest = max(b["rtt_by_seed"].values())
-    seeds_used = set().union(*per_lr.loc[per_lr["reached"], "rtt_by_seed"])
+    shared = set.intersection(*(set(d) for d in per_lr.loc[per_lr["reached"], "rtt_by_seed"]))
+    best = np.mean([b["rtt_by_seed"][s] for s in shared]) if shared else b["rounds_mean"]
     out = []
     for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
         t = g[g["lr"] == row.lr]
         missed = any(np.isnan(row.rtt_by_seed[s]) and not u for s, u in zip(t["seed"], t["unfinished"]))
-        after = all(row.rtt_by_seed[s] > slowest if not np.isnan(row.rtt_by_seed[s])
-                    else u and len(h) > 0 and h["round"].iloc[-1] >= slowest
-                    for s, u, h in zip(t["seed"], t["unfinished"], t["history"]))  # fmt: skip
-        if missed or (after and set(t["seed"]) >= seeds_used):
+        # Each seed's crossing, or a lower bound on it: the last round evaluated (0 if none).
+        bound = {s: row.rtt_by_seed[s] if not np.isnan(row.rtt_by_seed[s]) else float(h["round"].iloc[-1]) if len(h)
+                 else 0.0 for s, h in zip(t["seed"], t["history"])}  # fmt: skip
+        out_of_race = missed
+        if not missed and set(bound) >= shared:
+            on = shared or set(bound)
+            mean, strict = np.mean([bound[s] for s in on]), any(np.isnan(row.rtt_by_seed[s]) for s in on)
+            out_of_race = mean > best or (mean == best and strict)
+        if out_of_race:
             out += list(t.loc[t["unfinished"], "path"])
     return out
 

@@ -8,8 +8,8 @@ A trial whose summary.json says it finished is never run again: `--resume` (or a
 trials/ folder on another machine) runs only what is missing, from its last checkpoint, or from
 round 0 when it has none (its earlier history.csv then kept as history.before_restart_<time>.csv).
 A trial that stops at its target (the default) and can no longer change its setting's rounds to
-target, evaluated below the target past the crossing of a better rate that finished
-(`report.behind_best`), is stopped as "behind" and is not run again by --resume while that holds
+target, its rate's rounds bounded below by its last round evaluated below the target and
+already above a better rate that finished (`report.behind_best`), is stopped as "behind" and is not run again by --resume while that holds
 (fused trials, and trials with stop_at_target: false, run their whole budget).
 """
 

@@ -171,6 +171,24 @@ def test_an_unfinished_trial_already_behind_the_best_leaves_the_cell_final(tmp_p
     assert s["unfinished"] == 1 and s["behind"] == 1 and s["rounds"] == pytest.approx(2.0)  # (2.5 + 1.5) / 2
 
 
+def test_a_rate_is_behind_once_its_bound_on_the_shared_seeds_exceeds_the_best(tmp_path):
+    # Best 0.1: seed 0 at 2.5, seed 1 at 1.5, mean 2.0 on the seeds {0, 1} the reached rates share.
+    _run(tmp_path, "best", 0.1, [0.9, 0.96, 0.98])
+    _run(tmp_path, "best_s1", 0.1, [0.96, 0.98], seed=1)
+    _run(tmp_path, "high", 0.3, [0.5, 0.6, 0.96, 0.98])  # reached at 3.5
+    _run(tmp_path, "high_s1", 0.3, [0.5], seed=1, status=None)  # crosses after round 1, if ever
+    # 0.3 at best (3.5 + 1) / 2 = 2.25 > 2.0, though seed 1 is not yet past the best's slowest seed (2.5).
+    s = summarize(load_results(tmp_path)).iloc[0]
+    assert s["unfinished"] == 1 and s["behind"] == 1 and s["rounds"] == pytest.approx(2.0)
+    assert runs_behind(tmp_path) == {(tmp_path / "high_s1").resolve()}
+    # Had seed 0 crossed at 2.5, seed 1 crossing at 1.2 would give 1.85 < 2.0: 0.3 can still win.
+    pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.5, 0.96, 0.98], "test_loss": 0.1}).to_csv(tmp_path / "high" / "history.csv")
+    assert summarize(load_results(tmp_path)).iloc[0]["behind"] == 0 and runs_behind(tmp_path) == set()
+    # Two evaluated rounds more, still below the target: (2.5 + 3) / 2 = 2.75 > 2.0, out again.
+    pd.DataFrame({"round": [1, 2, 3], "test_accuracy": [0.5, 0.6, 0.7], "test_loss": 0.1}).to_csv(tmp_path / "high_s1" / "history.csv")
+    assert runs_behind(tmp_path) == {(tmp_path / "high_s1").resolve()}
+
+
 def test_a_sweep_committed_half_done_counts_its_missing_trials_as_unfinished(tmp_path):
     from fedray.sweep import _write_sweep_json
     from fedray.sweep_file import expand, trial_key
