@@ -57,12 +57,17 @@ def per_lr_table(trials: pd.DataFrame, target: float) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _shared_seeds(per_seed) -> list:
+    """The seeds every one of the per-seed dicts has, sorted (so means over them add in one order)."""
+    return sorted(set.intersection(*(set(d) for d in per_seed))) if len(per_seed) else []
+
+
 def _on_shared_seeds(rows: pd.DataFrame, by_seed: str, mean: str) -> pd.Series:
     """The mean over the seeds every row ran, so that seeds added at one rate (a 3-seed mean)
     are not ranked against a neighbour's single, possibly lucky, seed. Without shared seeds or
     per-seed values, each row's own `mean`; NaN wherever `mean` is NaN (e.g. a diverged seed)."""
     per_seed = rows[by_seed] if by_seed in rows and len(rows) else None
-    shared = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed is not None else []
+    shared = _shared_seeds(per_seed) if per_seed is not None else []
     if not shared:
         return rows[mean]
     key = pd.Series([float(np.mean([d[k] for k in shared])) for d in per_seed], index=rows.index)
@@ -107,7 +112,7 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
     Without shared seeds `best_lr` compares each rate's own mean, and so does this."""
     if not b["reached"] or b["unfinished"]:
         return []
-    shared = set.intersection(*(set(d) for d in per_lr.loc[per_lr["reached"], "rtt_by_seed"]))
+    shared = _shared_seeds(per_lr.loc[per_lr["reached"], "rtt_by_seed"])
     best = np.mean([b["rtt_by_seed"][s] for s in shared]) if shared else b["rounds_mean"]
     out = []
     for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
@@ -117,7 +122,7 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
         bound = {s: row.rtt_by_seed[s] if not np.isnan(row.rtt_by_seed[s]) else float(h["round"].iloc[-1]) if len(h)
                  else 0.0 for s, h in zip(t["seed"], t["history"])}  # fmt: skip
         out_of_race = missed
-        if not missed and set(bound) >= shared:
+        if not missed and set(bound) >= set(shared):
             on = shared or set(bound)
             mean, strict = np.mean([bound[s] for s in on]), any(np.isnan(row.rtt_by_seed[s]) for s in on)
             out_of_race = mean > best or (mean == best and strict)

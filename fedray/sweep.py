@@ -9,8 +9,9 @@ trials/ folder on another machine) runs only what is missing, from its last chec
 round 0 when it has none (its earlier history.csv then kept as history.before_restart_<time>.csv).
 A trial that stops at its target (the default) and can no longer change its setting's rounds to
 target, its rate's rounds bounded below by its last round evaluated below the target and
-already above a better rate that finished (`report.behind_best`), is stopped as "behind" and is not run again by --resume while that holds
-(fused trials, and trials with stop_at_target: false, run their whole budget).
+already above a better rate that finished (`report.behind_best`), is stopped as "behind" and is
+not run again by --resume while that holds (fused trials, and trials with stop_at_target: false,
+run their whole budget).
 """
 
 from __future__ import annotations
