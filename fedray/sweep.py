@@ -11,7 +11,10 @@ A trial that stops at its target (the default) and can no longer change its sett
 target, its rate's rounds bounded below by its last round evaluated below the target and
 already above a better rate that finished (`report.behind_best`), is stopped as "behind" and is
 not run again by --resume while that holds (fused trials, and trials with stop_at_target: false,
-run their whole budget).
+run their whole budget). "Behind" is judged among the runs under the storage, or under the
+directory given as --compare-with (which must contain the storage): a seed sweep kept in a storage
+of its own, e.g. docs/results/seeds_x beside docs/results/table_x, then stops once its sibling
+sweep's best rate has settled the setting.
 """
 
 from __future__ import annotations
@@ -23,75 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ExperimentConfig, load_mapping
+from .config import ExperimentConfig, load_mapping
+from .resume import FINISHED, compare_root, keep_restarted_histories, plan
 from .sweep_file import Sweep, load_sweep, trial_key
-
-FINISHED = ("completed", "reached", "diverged")
-
-
-def trial_state(cfg: ExperimentConfig, d: Path) -> str:
-    """'new', 'finished' or 'partial' for the trial of `cfg` in directory d. A directory holding
-    a different config is an error: results already written are never overwritten."""
-    if not (d / "config.json").exists():
-        return "new"
-    old = ExperimentConfig.from_file(d / "config.json")
-    if old != cfg:
-        raise ConfigError(
-            f"{d} holds a trial with a different config than the sweep file asks for "
-            f"({_diff(old, cfg)}); use another --storage to keep both"
-        )
-    summary = d / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("status") in FINISHED:
-        return "finished"
-    return "partial"
-
-
-def _diff(a: ExperimentConfig, b: ExperimentConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    return ", ".join(f"{k}: {da[k]!r} on disk, {db[k]!r} asked" for k in da if da[k] != db[k])
-
-
-def plan(sweep: Sweep, storage: Path, resume: bool) -> list[tuple[ExperimentConfig, Path]]:
-    """The trials still to run. Raises before any Ray work if the storage holds results and
-    --resume was not given, or holds results of a different sweep."""
-    todo, states = [], {}
-    for cfg in sweep.trials:
-        d = storage / "trials" / trial_key(cfg)
-        states[d] = trial_state(cfg, d)
-        if states[d] != "finished":
-            todo.append((cfg, d))
-    if not resume and any(s != "new" for s in states.values()):
-        raise FileExistsError(
-            f"{storage} already holds results of this sweep; use --resume to run only the "
-            f"unfinished trials, or another --storage"
-        )
-    if any(s == "partial" for s in states.values()):
-        from .report import runs_behind
-
-        behind = runs_behind(storage)
-        for _, d in todo:
-            if d.resolve() in behind:
-                print(f"  {d.name}: unfinished, already behind the best rate of its setting; not run again")
-        todo = [(c, d) for c, d in todo if d.resolve() not in behind]
-    return todo
-
-
-def keep_restarted_histories(dirs: list[Path], started: float) -> list[tuple[Path, Path]]:
-    """An unfinished trial without checkpoint.pt (committed results carry histories, not
-    checkpoints) can only start again from round 0, which rewrites history.csv: its earlier rounds
-    are moved beside it first, stamped with this sitting's start, never overwritten."""
-    kept = []
-    for d in dirs:
-        h = d / "history.csv"
-        if h.exists() and not (d / "checkpoint.pt").exists():
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(started))
-            to = d / f"history.before_restart_{stamp}.csv"
-            n = 1
-            while to.exists():  # two sittings in one second
-                n += 1
-                to = d / f"history.before_restart_{stamp}_{n}.csv"
-            kept.append((d, h.rename(to)))
-    return kept
 
 
 def bundles(runtime: dict[str, Any]) -> list[dict[str, float]]:
@@ -105,20 +42,20 @@ def bundles(runtime: dict[str, Any]) -> list[dict[str, float]]:
     return placement_bundles(int(runtime["workers"]), cpus, gpus)
 
 
-def _behind_check(out: Path):
-    """`report.runs_behind` for one trial, asked at most once per 20x what the last answer cost,
-    so that reading the sweep's histories stays near 5% of the trial's time, however short its
-    rounds (a CNN round of ~20 s asks every round; a 2NN round of ~0.1 s, every few)."""
+def _behind_check(out: Path, among: Path):
+    """`report.runs_behind(among)` for one trial, asked at most once per 20x what the last answer
+    cost, so that reading the histories stays near 5% of the trial's time, however short its rounds
+    (a CNN round of ~20 s asks every round or few; a 2NN round of ~0.1 s, every few)."""
     from .report import runs_behind
 
-    me, storage, next_at = out.resolve(), out.parent.parent, 0.0
+    me, next_at = out.resolve(), 0.0
 
     def behind() -> bool:
         nonlocal next_at
         t = time.perf_counter()
         if t < next_at:
             return False
-        answer = me in runs_behind(storage)
+        answer = me in runs_behind(among)
         next_at = time.perf_counter() + 20 * (time.perf_counter() - t)
         return answer
 
@@ -134,6 +71,7 @@ def _trainable(config: dict[str, Any]) -> None:
         return _fused_trainable(config)
     cfg = ExperimentConfig.from_dict(config["trial"]["experiment"])
     out = Path(config["trial"]["out"])
+    among = Path(config["compare_root"])
     resume = (out / "checkpoint.pt").exists()
 
     def on_row(row: dict) -> None:
@@ -150,13 +88,13 @@ def _trainable(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(rt["worker_cpus"])))
         device = "cuda" if ray.get_gpu_ids() else "cpu"
         result = run_local(cfg, out, device=device, resume=resume, force=True, on_row=on_row, meta=meta,
-                           behind=_behind_check(out))  # fmt: skip
+                           behind=_behind_check(out, among))  # fmt: skip
     else:
         from .ray_runtime import run_ray
 
         result = run_ray(
             cfg, out, workers=int(rt["workers"]), num_cpus=rt["worker_cpus"],
-            num_gpus=rt["worker_gpus"], resume=resume, force=True, on_row=on_row, behind=_behind_check(out),
+            num_gpus=rt["worker_gpus"], resume=resume, force=True, on_row=on_row, behind=_behind_check(out, among),
         )  # fmt: skip
     if not result.history:
         tune.report({"round": result.state.round, "diverged": result.status == "diverged"})
@@ -219,9 +157,11 @@ def run_sweep(
     address: str | None = None,
     dashboard: bool = False,
     source: dict[str, Any] | None = None,
+    compare_with: str | Path | None = None,
 ) -> dict[str, Any]:
     storage = Path(storage).absolute()
-    todo = plan(sweep, storage, resume)
+    todo = plan(sweep, storage, resume, compare_with)
+    among = compare_root(storage, compare_with)
     (storage / "trials").mkdir(parents=True, exist_ok=True)
     _write_sweep_json(storage, sweep, source)
     started = time.time()
@@ -234,12 +174,12 @@ def run_sweep(
         print(f"  {d.name}: no checkpoint.pt, restarts from round 0; its earlier history is kept as {kept.name}")
     try:
         if todo:
-            _fit(sweep, storage, todo, address, dashboard)
+            _fit(sweep, storage, todo, address, dashboard, among)
     finally:  # also after a second Ctrl-C aborts Tune: the report dates this sitting by its end line
         wall = time.time() - started
         from .report import runs_behind
 
-        behind = runs_behind(storage)
+        behind = runs_behind(among)
         rows = [_trial_row(c, storage / "trials" / trial_key(c), behind) for c in sweep.trials]
         unfinished = [r for r in rows if r["status"] not in FINISHED and not r["behind"]]
         # "trials_to_run" as in the start line: those planned this sitting, not those Tune got to.
@@ -254,7 +194,7 @@ def run_sweep(
     return {"wall_s": wall, "trials": rows, "unfinished": len(unfinished)}
 
 
-def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard: bool) -> None:
+def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard: bool, among: Path) -> None:
     from ray import tune
 
     from .ray_runtime import init_ray
@@ -270,6 +210,7 @@ def _fit(sweep: Sweep, storage: Path, todo: list, address: str | None, dashboard
             "trial": tune.grid_search(entries),
             "runtime": sweep.runtime,
             "name": sweep.name,
+            "compare_root": str(among),
         },
         tune_config=tune.TuneConfig(
             trial_name_creator=lambda t: keys[json.dumps(t.config["trial"], sort_keys=True)],
@@ -320,6 +261,9 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="run only the trials not finished yet")
     p.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (local Ray)")
+    p.add_argument("--compare-with", metavar="DIR",
+                   help="judge whether an unfinished trial is behind its setting's best rate among all runs "
+                        "under DIR, which must contain --storage (default: the storage alone)")  # fmt: skip
     p.set_defaults(func=cmd_sweep)
 
 
@@ -327,5 +271,6 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(args.file)
     storage = Path(args.storage or Path("results") / sweep.name)
     result = run_sweep(sweep, storage, resume=args.resume, address=args.address,
-                       dashboard=args.dashboard, source=load_mapping(args.file))  # fmt: skip
+                       dashboard=args.dashboard, source=load_mapping(args.file),
+                       compare_with=args.compare_with)  # fmt: skip
     return 1 if result["unfinished"] else 0

@@ -254,3 +254,38 @@ def test_a_rate_behind_a_finished_better_rate_is_stopped_and_not_run_again(local
     assert plan(sweep, storage, resume=True) == []
     assert f"{slow.name}: unfinished, already behind the best rate of its setting; not run again" in capsys.readouterr().out
     assert not list(slow.glob("history.before_restart_*")) and len(pd.read_csv(slow / "history.csv")) == len(h)
+
+
+def test_a_seed_sweep_in_its_own_storage_stops_behind_a_sibling_storages_best(local_ray, tmp_path, capsys):
+    # Two storages side by side, as seed sweeps are kept in docs/results: the sibling holds the
+    # setting's best (0.2 reaches 90% in a few rounds); the slow rate, alone in its storage, is
+    # behind only when the check reads both, i.e. with --compare-with their parent.
+    spec = {**TINY, "partition": "iid", "target": 0.9, "max_rounds": 5000}
+    fast, slow = expand({**spec, "lr": {"values": [0.2]}}), expand({**spec, "lr": {"values": [1e-5]}})
+    run_sweep(fast, tmp_path / "best")
+    best = json.loads((tmp_path / "best" / "trials" / trial_key(fast.trials[0]) / "summary.json").read_text())
+    assert best["status"] == "reached"
+    storage, other = tmp_path / "seeds", tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(ConfigError, match=r"--compare-with: .* does not contain the storage"):
+        run_sweep(slow, storage, compare_with=other)
+    assert not storage.exists()  # refused before anything was written
+    out = run_sweep(slow, storage, compare_with=tmp_path)
+    d = storage / "trials" / trial_key(slow.trials[0])
+    h = pd.read_csv(d / "history.csv")
+    assert json.loads((d / "summary.json").read_text())["status"] == "behind"
+    assert best["rounds_to_target"] <= h["round"].iloc[-1] < 5000 and out["trials"][0]["behind"]
+    # As committed (no summary, no checkpoint): skipped only when judged among both storages.
+    (d / "summary.json").unlink()
+    (d / "checkpoint.pt").unlink()
+    assert plan(slow, storage, resume=True, compare_with=tmp_path) == []
+    assert [x for _, x in plan(slow, storage, resume=True)] == [d]
+
+
+def test_cli_rejects_a_compare_with_outside_the_storage_before_ray(tmp_path):
+    p = tmp_path / "ok.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    r = subprocess.run([sys.executable, "-m", "fedray.cli", "sweep", str(p), "--storage", str(tmp_path / "s"),
+                        "--compare-with", str(tmp_path / "missing")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "--compare-with:" in r.stderr and "allowed: a directory that contains --storage" in r.stderr
+    assert not (tmp_path / "s").exists()
