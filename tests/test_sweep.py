@@ -256,7 +256,7 @@ def test_a_rate_behind_a_finished_better_rate_is_stopped_and_not_run_again(local
     assert not list(slow.glob("history.before_restart_*")) and len(pd.read_csv(slow / "history.csv")) == len(h)
 
 
-def test_a_seed_sweep_in_its_own_storage_stops_behind_a_sibling_storages_best(local_ray, tmp_path, capsys):
+def test_a_seed_sweep_in_its_own_storage_stops_behind_a_sibling_storages_best(local_ray, tmp_path):
     # Two storages side by side, as seed sweeps are kept in docs/results: the sibling holds the
     # setting's best (0.2 reaches 90% in a few rounds); the slow rate, alone in its storage, is
     # behind only when the check reads both, i.e. with --compare-with their parent.
