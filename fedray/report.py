@@ -104,16 +104,18 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
     """The `path`s of a setting's unfinished trials that cannot change its rounds, whatever they do next.
     b, the best rate, must have reached on every seed with none unfinished. Another rate is then
     out of the race if one of its finished seeds missed the target (it can never count as reached),
-    or if it has run every seed the reached rates share (so reaching would not change the seeds
-    `best_lr` compares on) and, on those seeds, its mean rounds is already above the best's even
-    if every unfinished seed crossed right after its last evaluated round: a crossing is
+    or if, had it reached, `best_lr` would still pick b: it would then compare the rates on the
+    seeds the reached ones share and this one ran (fewer, if it ran fewer), so b must still rank
+    first among the reached rates there, and this rate's mean over them must already be above b's
+    even if every unfinished seed crossed right after its last evaluated round: a crossing is
     interpolated strictly after the last round below the target, so that round bounds it below
-    (and a mean equal to the best's with such a bound in it is above it in fact).
-    Without shared seeds `best_lr` compares each rate's own mean, and so does this."""
+    (and a mean equal to b's with such a bound in it is above it in fact). Without shared seeds
+    `best_lr` compares each rate's own mean, and so does this. Each rate is judged alone, as if
+    the other unfinished ones never reached."""
     if not b["reached"] or b["unfinished"]:
         return []
-    shared = _shared_seeds(per_lr.loc[per_lr["reached"], "rtt_by_seed"])
-    best = np.mean([b["rtt_by_seed"][s] for s in shared]) if shared else b["rounds_mean"]
+    reached = per_lr[per_lr["reached"]]
+    shared = _shared_seeds(reached["rtt_by_seed"])
     out = []
     for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
         t = g[g["lr"] == row.lr]
@@ -122,10 +124,17 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
         bound = {s: row.rtt_by_seed[s] if not np.isnan(row.rtt_by_seed[s]) else float(h["round"].iloc[-1]) if len(h)
                  else 0.0 for s, h in zip(t["seed"], t["history"])}  # fmt: skip
         out_of_race = missed
-        if not missed and set(bound) >= set(shared):
-            on = shared or set(bound)
-            mean, strict = np.mean([bound[s] for s in on]), any(np.isnan(row.rtt_by_seed[s]) for s in on)
-            out_of_race = mean > best or (mean == best and strict)
+        if not missed:
+            on = [s for s in shared if s in bound]
+
+            def key(by_seed: dict, own_mean: float) -> float:
+                return float(np.mean([by_seed[s] for s in on])) if on else own_mean
+
+            keys = {r.lr: key(r.rtt_by_seed, r.rounds_mean) for r in reached.itertuples()}
+            still_b = min(keys, key=lambda lr: (keys[lr], lr)) == b["lr"]  # best_lr's order, ties to the smaller lr
+            mean = key(bound, float(np.mean(list(bound.values()))))
+            strict = any(np.isnan(row.rtt_by_seed[s]) for s in (on or bound))
+            out_of_race = still_b and (mean > keys[b["lr"]] or (mean == keys[b["lr"]] and strict))
         if out_of_race:
             out += list(t.loc[t["unfinished"], "path"])
     return out

@@ -162,9 +162,20 @@ def test_an_unfinished_trial_already_behind_the_best_leaves_the_cell_final(tmp_p
     st = settings_table(summarize(runs), paper_cells(runs)).iloc[0]
     assert st["rounds to target"] == "2.5 (1/1 seeds); 1 trial unfinished, already behind the best"
     assert runs_behind(tmp_path) == {(tmp_path / "high").resolve()}  # what a sweep stops, or skips
-    # A best rate with a second seed that 0.3 has not run: 0.3 could narrow the shared seeds, so it stays open.
-    _run(tmp_path, "best_s1", 0.1, [0.96, 0.98], seed=1)  # 1.5; the best's slowest seed is still 2.5
-    assert summarize(load_results(tmp_path)).iloc[0]["behind"] == 0 and runs_behind(tmp_path) == set()
+    # A best rate with a second seed that 0.3 has not run: had 0.3 reached, best_lr would compare on
+    # seed 0 alone, where 0.1 crossed at 2.5 and 0.3 after round 3, so 0.3 is still out.
+    _run(tmp_path, "best_s1", 0.1, [0.96, 0.98], seed=1)  # 1.5: 0.1's mean is 2.0
+    s = summarize(load_results(tmp_path)).iloc[0]
+    assert s["behind"] == 1 and s["rounds"] == pytest.approx(2.0)
+    assert runs_behind(tmp_path) == {(tmp_path / "high").resolve()}
+    # A third rate, 0.2, that beats 0.1 on seed 0 alone (2.2 < 2.5) but not over seeds 0-1 (2.7 > 2.0):
+    # 0.3 reaching, however late, would narrow the comparison to seed 0, make 0.2 the best and the
+    # cell 2.7, so 0.3 stays open.
+    _run(tmp_path, "mid", 0.2, [0.9, 0.965, 0.99])  # 2 + 0.005/0.025 = 2.2
+    _run(tmp_path, "mid_s1", 0.2, [0.9, 0.9, 0.965, 0.99], seed=1)  # 3.2
+    s = summarize(load_results(tmp_path)).iloc[0]
+    assert s["best_lr"] == 0.1 and s["rounds"] == pytest.approx(2.0) and s["behind"] == 0
+    assert runs_behind(tmp_path) == set()
     # Unless one of its finished seeds already missed: then 0.3 can never count as reached.
     _run(tmp_path, "high_s1", 0.3, [0.9, 0.9, 0.9], seed=1)
     s = summarize(load_results(tmp_path)).iloc[0]
