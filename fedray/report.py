@@ -115,7 +115,6 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
     if not b["reached"] or b["unfinished"]:
         return []
     reached = per_lr[per_lr["reached"]]
-    shared = _shared_seeds(reached["rtt_by_seed"])
     out = []
     for row in per_lr[(per_lr["lr"] != b["lr"]) & (per_lr["unfinished"] > 0)].itertuples():
         t = g[g["lr"] == row.lr]
@@ -125,16 +124,14 @@ def behind_best(g: pd.DataFrame, per_lr: pd.DataFrame, b: pd.Series) -> list[str
                  else 0.0 for s, h in zip(t["seed"], t["history"])}  # fmt: skip
         out_of_race = missed
         if not missed:
-            on = [s for s in shared if s in bound]
-
-            def key(by_seed: dict, own_mean: float) -> float:
-                return float(np.mean([by_seed[s] for s in on])) if on else own_mean
-
-            keys = {r.lr: key(r.rtt_by_seed, r.rounds_mean) for r in reached.itertuples()}
-            still_b = min(keys, key=lambda lr: (keys[lr], lr)) == b["lr"]  # best_lr's order, ties to the smaller lr
-            mean = key(bound, float(np.mean(list(bound.values()))))
+            # best_lr's keys had this rate reached at its bounds: on the seeds all of them share.
+            me = pd.DataFrame({"lr": [row.lr], "rtt_by_seed": [bound], "rounds_mean": [np.mean(list(bound.values()))]})
+            rows = pd.concat([reached[["lr", "rtt_by_seed", "rounds_mean"]], me], ignore_index=True)
+            keys, on = _on_shared_seeds(rows, "rtt_by_seed", "rounds_mean"), _shared_seeds(rows["rtt_by_seed"])
+            best, mean = keys.iloc[:-1].min(), keys.iloc[-1]
+            still_b = rows["lr"].iloc[:-1][keys.iloc[:-1] == best].min() == b["lr"]  # ties go to the smaller lr
             strict = any(np.isnan(row.rtt_by_seed[s]) for s in (on or bound))
-            out_of_race = still_b and (mean > keys[b["lr"]] or (mean == keys[b["lr"]] and strict))
+            out_of_race = still_b and (mean > best or (mean == best and strict))
         if out_of_race:
             out += list(t.loc[t["unfinished"], "path"])
     return out
