@@ -2,16 +2,37 @@
 histories: the committed tables must equal a fresh report of the committed results."""
 
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from fedray.report import write_report
 
-DOCS = Path(__file__).parents[1] / "docs" / "results"
+ROOT = Path(__file__).parents[1]
 
 
-def test_committed_tables_equal_a_fresh_report(tmp_path, monkeypatch):
-    monkeypatch.chdir(DOCS.parent.parent)
-    committed = DOCS / "report"
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    """docs/results as git's index holds it (what the next commit publishes), not the work tree, where
+    a sweep under way keeps unfinished trials and rewrites its sweep.json. Outside a git checkout (an
+    unpacked sdist, say) the directory is taken as it is."""
+    try:
+        paths = subprocess.run(["git", "ls-files", "-z", "docs/results"], cwd=ROOT, capture_output=True,
+                               check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        paths = b""
+    if not paths:
+        return ROOT / "docs" / "results"
+    out = tmp_path_factory.mktemp("committed")
+    subprocess.run(["git", "checkout-index", "-z", "--stdin", f"--prefix={out}/"], cwd=ROOT, input=paths,
+                   check=True)
+    return out / "docs" / "results"
+
+
+def test_committed_tables_equal_a_fresh_report(docs, tmp_path, monkeypatch):
+    monkeypatch.chdir(docs.parent.parent)
+    committed = docs / "report"
     assert (committed / "report.md").exists(), "docs/results/report is missing: run `fedray report docs/results --out docs/results/report`"
     write_report(Path("docs/results"), tmp_path)
     for name in sorted(p.name for p in committed.glob("*.csv")):
@@ -21,28 +42,28 @@ def test_committed_tables_equal_a_fresh_report(tmp_path, monkeypatch):
     assert strip((tmp_path / "report.md").read_text()) == strip((committed / "report.md").read_text())
 
 
-def test_readme_tables_are_the_committed_report():
+def test_readme_tables_are_the_committed_report(docs):
     """The README's Results section quotes the report; every table row it shows must be in it."""
-    readme = (DOCS.parent.parent / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     begin, end = "<!-- results: from docs/results/report/report.md -->", "<!-- /results -->"
     assert begin in readme and end in readme, "README lacks its Results tables"
     rows = [ln for ln in readme.split(begin, 1)[1].split(end, 1)[0].splitlines() if ln.startswith("|")]
-    report = (DOCS / "report" / "report.md").read_text().splitlines()
+    report = (docs / "report" / "report.md").read_text().splitlines()
     assert len(rows) > 4 and [r for r in rows if r not in report] == []
 
 
-def test_each_published_sweep_is_regenerated_by_its_shipped_yaml():
+def test_each_published_sweep_is_regenerated_by_its_shipped_yaml(docs):
     """`fedray sweep tune_configs/<name>.yaml --storage docs/results/<dir> --resume` must plan exactly
     the committed trials: the YAML named in sweep.json exists, expands to the same trials with the same
     configs, and every committed trial directory belongs to it (none would enter the report unnamed)."""
     from fedray.config import ExperimentConfig, load_mapping
     from fedray.sweep_file import load_sweep, trial_key
 
-    published = sorted(DOCS.glob("*/sweep.json"))
+    published = sorted(docs.glob("*/sweep.json"))
     assert len(published) > 10
     for f in published:
-        doc = json.loads(f.read_text())
-        yaml_path = DOCS.parent.parent / "tune_configs" / f"{doc['name']}.yaml"
+        doc, f = json.loads(f.read_text()), f.relative_to(docs.parents[1])  # named as in the repository
+        yaml_path = ROOT / "tune_configs" / f"{doc['name']}.yaml"
         assert yaml_path.exists(), f"{f}: names {yaml_path.name}, which tune_configs/ lacks"
         assert load_mapping(yaml_path) == doc["source"], f"{yaml_path.name} changed since {f} was written"
         sweep = load_sweep(yaml_path)
@@ -51,18 +72,18 @@ def test_each_published_sweep_is_regenerated_by_its_shipped_yaml():
                   for t in doc["trials"]]
         assert [(trial_key(c), c) for c in sweep.trials] == stored, yaml_path.name
         keys = {t["key"] for t in doc["trials"]}
-        for d in (f.parent / "trials").glob("*"):  # none yet if no trial has finished
-            assert d.name in keys, f"{d} is not a trial of {yaml_path.name}"
+        for d in (docs.parents[1] / f.parent / "trials").glob("*"):  # none yet if no trial has finished
+            assert d.name in keys, f"{f.parent}/trials/{d.name} is not a trial of {yaml_path.name}"
             cfg = json.loads((d / "config.json").read_text())
             cfg.pop("meta", None)  # versions and machine, written by the run
-            assert {"key": d.name, **cfg} in doc["trials"], d
+            assert {"key": d.name, **cfg} in doc["trials"], f"{f.parent}/trials/{d.name}"
 
 
 def test_every_shipped_sweep_file_loads():
     """A typo in any shipped experiment file fails here, before anyone spends a sweep on it."""
     from fedray.sweep_file import load_sweep
 
-    files = sorted((DOCS.parent.parent / "tune_configs").glob("*.yaml"))
+    files = sorted((ROOT / "tune_configs").glob("*.yaml"))
     assert len(files) > 10
     for p in files:
         sweep = load_sweep(p)
